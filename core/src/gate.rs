@@ -328,7 +328,11 @@ mod tests {
     #[test]
     fn committed_green_admits_at_or_above_and_drops_below() {
         let g = gate(inc(true), LatePolicy::AdmitAfterDrain);
-        assert_eq!(g.decide(T - 1), BARRIER, "below T is blue's, not late, until drained");
+        assert_eq!(
+            g.decide(T - 1),
+            BARRIER,
+            "below T is blue's, not late, until drained"
+        );
         assert_eq!(g.decide(T), ADMIT);
         assert_eq!(g.decide(T + 1), ADMIT);
     }
@@ -348,7 +352,11 @@ mod tests {
         };
         blue.apply(abort(Admission::Active { floor: None }));
         green.apply(abort(Admission::Standby));
-        assert_eq!(blue.decide(T + 5), ADMIT, "held record re-decided: admitted by blue");
+        assert_eq!(
+            blue.decide(T + 5),
+            ADMIT,
+            "held record re-decided: admitted by blue"
+        );
         assert_eq!(green.decide(T + 5), Decision::Drop(DropReason::Shadow));
         assert_eq!(green.decide(T - 5), Decision::Drop(DropReason::Shadow));
     }

@@ -219,7 +219,9 @@ impl PipelineRecord {
             floor: None,
             late_policy: LatePolicy::Drop,
             retired: None,
-            stage: Stage::Steady { last: Phase::Steady },
+            stage: Stage::Steady {
+                last: Phase::Steady,
+            },
             phase_since_ms: now_ms,
             gates: BTreeMap::new(),
             last_error: None,
@@ -241,9 +243,9 @@ impl PipelineRecord {
     pub fn plan(&self) -> Option<&CutoverPlan> {
         match &self.stage {
             Stage::Steady { .. } => None,
-            Stage::Waiting { plan } | Stage::Prepared { plan, .. } | Stage::Committed { plan, .. } => {
-                Some(plan)
-            }
+            Stage::Waiting { plan }
+            | Stage::Prepared { plan, .. }
+            | Stage::Committed { plan, .. } => Some(plan),
         }
     }
 }
@@ -422,7 +424,11 @@ impl Pipeline {
     /// Resumes a pipeline from its stored record after a coordinator restart. Every gate counts
     /// as disconnected since `now_ms`; a prepare whose outcome was never decided is aborted
     /// (and retried), a committed cutover resumes its drain.
-    pub fn restore(record: PipelineRecord, options: PipelineOptions, now_ms: u64) -> (Self, Effects) {
+    pub fn restore(
+        record: PipelineRecord,
+        options: PipelineOptions,
+        now_ms: u64,
+    ) -> (Self, Effects) {
         let mut p = Self::from_record(record, options);
         for gate in p.record.gates.keys() {
             p.live.insert(
@@ -573,7 +579,13 @@ impl Pipeline {
     }
 
     /// A gate reported progress.
-    pub fn progress(&mut self, gate: &str, conn: u64, progress: GateProgress, now_ms: u64) -> Effects {
+    pub fn progress(
+        &mut self,
+        gate: &str,
+        conn: u64,
+        progress: GateProgress,
+        now_ms: u64,
+    ) -> Effects {
         if let Some(l) = self.live.get_mut(gate)
             && l.conn == Some(conn)
         {
@@ -595,7 +607,9 @@ impl Pipeline {
     ) -> Effects {
         let mut fx = Effects::default();
         let current = self.live.get(gate).is_some_and(|l| l.conn == Some(conn));
-        if current && epoch == self.record.epoch && matches!(self.record.stage, Stage::Prepared { .. })
+        if current
+            && epoch == self.record.epoch
+            && matches!(self.record.stage, Stage::Prepared { .. })
         {
             self.votes.insert(gate.into(), (yes, high_mark));
             if !yes {
@@ -636,7 +650,11 @@ impl Pipeline {
             return Err(CutoverError::CandidateIsActive(candidate.into()));
         }
         if self.record.active.is_none() {
-            return Ok(self.activate(candidate, "no active deployment: activated directly", now_ms));
+            return Ok(self.activate(
+                candidate,
+                "no active deployment: activated directly",
+                now_ms,
+            ));
         }
         self.record.stage = Stage::Waiting {
             plan: CutoverPlan {
@@ -709,7 +727,10 @@ impl Pipeline {
                 } else if missing.is_empty() {
                     fx.merge(self.commit(now_ms));
                 } else if self.prepare_deadline_ms.is_some_and(|d| now_ms >= d) {
-                    let why = format!("no vote within the prepare timeout from {}", missing.join(", "));
+                    let why = format!(
+                        "no vote within the prepare timeout from {}",
+                        missing.join(", ")
+                    );
                     fx.merge(self.abort_attempt(why, now_ms));
                 }
             }
@@ -762,7 +783,10 @@ impl Pipeline {
             .collect()
     }
 
-    fn gates_of<'a>(&'a self, deployment: &'a str) -> impl Iterator<Item = (&'a str, &'a GateLive)> {
+    fn gates_of<'a>(
+        &'a self,
+        deployment: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a GateLive)> {
         self.record
             .gates
             .iter()
@@ -865,7 +889,10 @@ impl Pipeline {
         };
         if plan.attempt >= plan.settings.max_attempts {
             let tries = plan.attempt;
-            return self.give_up(format!("gave up after {tries} attempts; last: {why}"), now_ms);
+            return self.give_up(
+                format!("gave up after {tries} attempts; last: {why}"),
+                now_ms,
+            );
         }
         // Tell watchers about the abort, then retry with a new epoch and a larger barrier. Only
         // the retry's state is persisted: it supersedes the aborted epoch for every gate.

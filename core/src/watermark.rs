@@ -151,7 +151,10 @@ mod tests {
         t.on_watermark("b", 50, 0);
         t.on_idle("b");
         let c = t.clock(1);
-        assert_eq!((c.watermark, c.channels, c.idle_channels), (Some(100), 2, 1));
+        assert_eq!(
+            (c.watermark, c.channels, c.idle_channels),
+            (Some(100), 2, 1)
+        );
         // By timeout: a speaks again at 1500, b has been silent since 0.
         t.on_idle("b");
         t.on_record("a", 1_500);
