@@ -1,1 +1,217 @@
-//! placeholder
+//! The sluice coordinator: owns every pipeline's cutover state, chooses the barrier and serves
+//! the gRPC APIs. All protocol decisions are taken by the pure state machine
+//! [`sluice_core::pipeline::Pipeline`]; this crate is the networking and storage around it.
+//!
+//! Layout:
+//! - [`config`]: command-line / environment configuration and its validation.
+//! - [`store`]: durable state ([`store::StateStore`], the atomic JSON [`store::FileStore`]).
+//! - `engine`: the single task owning the pipelines; persists, then pushes assignments to gates,
+//!   then events to watchers, after every input.
+//! - `gate_service`: `sluice.v1.GateControl` (one bidirectional stream per gate).
+//! - `cutover_service`: `sluice.v1.Cutover` (start, abort, get, list, watch).
+//! - `status`: core state and events to the `Cutover` wire types.
+//!
+//! Server reflection (v1 and v1alpha) and the standard health service are served alongside.
+//!
+//! Entry points: [`run`], or [`Coordinator::open`] then [`Coordinator::serve`] to load the state
+//! before binding the listener.
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod cutover_service;
+mod engine;
+mod gate_service;
+mod status;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use sluice_proto::v1::cutover_server::CutoverServer;
+use sluice_proto::v1::gate_control_server::GateControlServer;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::config::{Config, ConfigError};
+pub use crate::engine::PersistError;
+use crate::engine::{ENGINE_QUEUE, Engine, EngineHandle, OpenError, Timing};
+use crate::store::{FileStore, StateStore, StoreError};
+
+/// Why the coordinator could not start or stopped with a failure.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error("invalid configuration")]
+    Config(#[source] ConfigError),
+    /// The stored state could not be loaded.
+    #[error("cannot load the coordinator state")]
+    Load(#[source] StoreError),
+    /// The state could not be written (at start-up, or before announcing a decision).
+    #[error(transparent)]
+    Persist(#[from] PersistError),
+    /// The reflection service could not be built from the descriptors.
+    #[error("cannot build the gRPC reflection service")]
+    Reflection(#[source] tonic_reflection::server::Error),
+    /// The listener's address could not be read.
+    #[error("cannot read the listener's address")]
+    Listener(#[source] std::io::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server failed")]
+    Serve(#[source] tonic::transport::Error),
+    /// The engine task panicked.
+    #[error("the coordinator engine task failed")]
+    EngineTask(#[source] tokio::task::JoinError),
+}
+
+/// A coordinator whose state is loaded, ready to serve.
+pub struct Coordinator {
+    config: Config,
+    store: Arc<dyn StateStore>,
+    engine: Engine,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("config", &self.config)
+            .field("store", &self.store.describe())
+            .field("pipelines", &self.engine.len())
+            .finish()
+    }
+}
+
+impl Coordinator {
+    /// Validates `config` and loads its state file (restoring every pipeline and writing the
+    /// state back, which proves the file is writable). Nothing is bound yet.
+    pub async fn open(config: Config) -> Result<Self, Error> {
+        config.validate().map_err(Error::Config)?;
+        let store = Arc::new(FileStore::new(&config.state_file));
+        Self::with_store(config, store).await
+    }
+
+    /// Like [`Coordinator::open`] with another [`StateStore`] (e.g. a Kubernetes ConfigMap
+    /// store): the configured state file is not used, though the configuration is still
+    /// validated in full.
+    pub async fn with_store(config: Config, store: Arc<dyn StateStore>) -> Result<Self, Error> {
+        config.validate().map_err(Error::Config)?;
+        let options = config.options().map_err(Error::Config)?;
+        let engine = Engine::open(store.clone(), options)
+            .await
+            .map_err(|e| match e {
+                OpenError::Load(e) => Error::Load(e),
+                OpenError::Persist(e) => Error::Persist(PersistError(e)),
+            })?;
+        Ok(Self {
+            config,
+            store,
+            engine,
+        })
+    }
+
+    /// Number of pipelines restored from the state.
+    pub fn pipelines(&self) -> usize {
+        self.engine.len()
+    }
+
+    /// Serves on `listener` until `shutdown` completes (then ends every stream and returns
+    /// `Ok`), or until the state cannot be persisted (then returns the error).
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        let Coordinator {
+            config,
+            store,
+            engine,
+        } = self;
+        let defaults = config.default_settings().map_err(Error::Config)?;
+        let addr = listener.local_addr().map_err(Error::Listener)?;
+        tracing::info!(
+            listen = %addr, state = %store.describe(), pipelines = engine.len(),
+            "coordinator serving"
+        );
+
+        // `stop` ends the server, every stream and the engine: fired by `shutdown` or by the
+        // engine when it cannot persist.
+        let stop = CancellationToken::new();
+        let (tx, rx) = mpsc::channel(ENGINE_QUEUE);
+        let handle = EngineHandle::new(tx);
+        let timing = Timing {
+            tick: config.tick_interval,
+            status: config.status_interval,
+        };
+        let engine_stop = stop.clone();
+        let engine_task = tokio::spawn(async move {
+            let result = engine.run(rx, engine_stop.clone(), timing).await;
+            if let Err(e) = &result {
+                tracing::error!(error = %e, cause = %e.0, "stopping the coordinator");
+                engine_stop.cancel();
+            }
+            result
+        });
+
+        let gates =
+            gate_service::GateService::new(handle.clone(), config.heartbeat_interval, stop.clone());
+        let cutover = cutover_service::CutoverService::new(handle, defaults, stop.clone());
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<GateControlServer<gate_service::GateService>>()
+            .await;
+        health
+            .set_serving::<CutoverServer<cutover_service::CutoverService>>()
+            .await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(Error::Reflection)?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(Error::Reflection)?;
+
+        let signal_stop = stop.clone();
+        let signal = async move {
+            tokio::select! {
+                () = shutdown => tracing::info!("shutting down"),
+                () = signal_stop.cancelled() => {}
+            }
+            // Long-lived streams end on `stop`, so the graceful shutdown does not wait on them.
+            signal_stop.cancel();
+        };
+        let served = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(GateControlServer::new(gates))
+            .add_service(CutoverServer::new(cutover))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+            .await;
+        stop.cancel();
+        // A persistence failure is the more important error: report it even if the server
+        // also failed while stopping.
+        engine_task.await.map_err(Error::EngineTask)??;
+        served.map_err(Error::Serve)?;
+        tracing::info!("coordinator stopped");
+        Ok(())
+    }
+}
+
+/// Validates `config`, loads its state, and serves on `listener` until `shutdown` completes.
+/// Returns an error on bad configuration, an unreadable or corrupt state file, or when the
+/// state cannot be persisted while serving (a decision is never announced unpersisted).
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    Coordinator::open(config)
+        .await?
+        .serve(listener, shutdown)
+        .await
+}

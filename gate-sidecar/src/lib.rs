@@ -1,1 +1,54 @@
-//! placeholder
+//! The sluice gate sidecar: serves exactly one gate — one deployment of one pipeline — inside a
+//! Flink TaskManager pod.
+//!
+//! Sink subtasks connect over a local socket (one connection = one *channel*) and send
+//! sink-bound records in the native frame protocol (`sluice.v1.ClientFrame`, varint-delimited).
+//! Every record is decided by the pure protocol core (`sluice_core::gate::GateCore`): admitted
+//! records go to the [`Sink`], dropped ones are counted, held ones wait in the channel's bounded
+//! hold queue for the coordinator's next assignment. The sidecar fails closed: until the
+//! coordinator has assigned the gate a role, every record is held.
+//!
+//! Layout, one module per concept:
+//!
+//! - [`config`]: command-line flags / environment ([`Config`]) and their validation.
+//! - `gate`: the shared gate state — core, watermark tracker, counters — behind one lock, so
+//!   deciding records and applying an assignment (with its prepare vote) are mutually atomic.
+//! - `counters`: the per-gate counters reported as progress.
+//! - `channel`: one client connection: handshake, hold queue, backpressure, `Flush` acks,
+//!   protocol errors.
+//! - `control`: the `GateControl/Attach` client: hello, assignments, votes, progress,
+//!   reconnects with backoff while keeping the last known state.
+//! - [`sink`]: the [`Sink`] trait (ordered batches, each with an ack that resolves once
+//!   delivered) and the embedded JSON-lines sink ([`sink::jsonl`]).
+//! - `server`: listeners, the accept loop, [`run`] / [`run_with_sink`] and graceful shutdown.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod channel;
+pub mod config;
+mod control;
+mod counters;
+mod gate;
+mod server;
+pub mod sink;
+
+/// An error with its chain of causes, `a: b: c`, for logs and client-facing messages. A cause
+/// whose text its parent already shows (some errors print their source) is not repeated.
+pub(crate) fn describe(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+pub use config::{Config, ConfigError, SinkSpec};
+pub use gate::GateIdentity;
+pub use server::{Listeners, SidecarError, run, run_with_sink};
+pub use sink::{BatchAck, Sink, SinkBatch, SinkError, SinkHeader, SinkRecord};

@@ -1,0 +1,382 @@
+//! The sidecar's configuration: command-line flags, each also an environment variable.
+//!
+//! [`Config`] is parsed by clap; [`Config::validated`] checks it and resolves the gate id, so a
+//! bad setting is reported with a readable message before any socket is bound.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+use sluice_proto::framing::DEFAULT_MAX_FRAME;
+use thiserror::Error;
+
+/// Everything the sidecar needs to serve one gate.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "gate-sidecar",
+    version,
+    // A later flag wins, so wrappers can append overrides to a base command line.
+    args_override_self = true,
+    about = "sluice gate sidecar: admits or drops sink-bound records against the coordinator's barrier"
+)]
+pub struct Config {
+    /// gRPC URL of the coordinator's `GateControl` service.
+    #[arg(
+        long,
+        env = "SLUICE_COORDINATOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub coordinator: String,
+
+    /// Pipeline this gate belongs to, `namespace/name` (e.g. `payments/fraud-scorer`).
+    #[arg(long, env = "SLUICE_PIPELINE")]
+    pub pipeline: String,
+
+    /// Deployment id this gate belongs to (e.g. `fraud-scorer-v41`).
+    #[arg(long, env = "SLUICE_DEPLOYMENT")]
+    pub deployment: String,
+
+    /// Gate id reported to the coordinator, stable across reconnects. Defaults to `$POD_NAME`,
+    /// else the hostname, else `{deployment}-{pid}`.
+    #[arg(long, env = "SLUICE_GATE_ID")]
+    pub gate_id: Option<String>,
+
+    /// Unix socket path the sink subtasks connect to. A stale socket file is removed first.
+    #[arg(long, env = "SLUICE_SOCKET", default_value = "/tmp/sluice-gate.sock")]
+    pub socket: PathBuf,
+
+    /// Optional TCP address to accept channels on as well (loopback only, unless
+    /// `--allow-non-loopback`).
+    #[arg(long, env = "SLUICE_LISTEN_TCP")]
+    pub listen_tcp: Option<SocketAddr>,
+
+    /// Allow `--listen-tcp` on a non-loopback address. The channel protocol has no
+    /// authentication, so this exposes the gate to anyone who can reach the address.
+    #[arg(long, env = "SLUICE_ALLOW_NON_LOOPBACK")]
+    pub allow_non_loopback: bool,
+
+    /// Where admitted records go: `stdout` or `file:PATH` (JSON lines, appended).
+    #[arg(long, env = "SLUICE_SINK", default_value = "stdout")]
+    pub sink: SinkSpec,
+
+    /// Topic for records that name none.
+    #[arg(long, env = "SLUICE_DEFAULT_TOPIC", default_value = "sluice-out")]
+    pub default_topic: String,
+
+    /// Records held per channel before the sidecar stops reading that channel (backpressure).
+    #[arg(long, env = "SLUICE_HOLD_LIMIT", default_value_t = 10_000)]
+    pub hold_limit: usize,
+
+    /// Largest accepted frame on the local socket, in bytes.
+    #[arg(long, env = "SLUICE_MAX_FRAME_BYTES", default_value_t = DEFAULT_MAX_FRAME)]
+    pub max_frame_bytes: usize,
+
+    /// A channel silent (no record, no watermark) this long is idle: excluded from the gate
+    /// watermark until it speaks again.
+    #[arg(long, env = "SLUICE_IDLE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// How often progress (high mark, watermark, counters) is reported to the coordinator.
+    #[arg(long, env = "SLUICE_PROGRESS_INTERVAL", default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub progress_interval: Duration,
+
+    /// Upper bound of the exponential backoff between coordinator reconnects.
+    #[arg(long, env = "SLUICE_RECONNECT_MAX_BACKOFF", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub reconnect_max_backoff: Duration,
+
+    /// Capacity of the sink queue, in batches; a channel submitting to a full queue waits.
+    #[arg(long, env = "SLUICE_SINK_QUEUE", default_value_t = 64)]
+    pub sink_queue: usize,
+
+    /// On shutdown, how long channels may take to get their admitted records acknowledged by
+    /// the sink before they are closed regardless.
+    #[arg(long, env = "SLUICE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// Where admitted records are written.
+///
+/// Parsed from `--sink`; a `kafka:` sink is planned and will be another variant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SinkSpec {
+    /// JSON lines on standard output (logs go to standard error).
+    Stdout,
+    /// JSON lines appended to a file.
+    File(PathBuf),
+}
+
+/// A `--sink` value that names no known sink.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SinkSpecError {
+    /// `file:` without a path.
+    #[error("`file:` needs a path, e.g. `file:/var/log/sluice.jsonl`")]
+    EmptyPath,
+    /// The Kafka sink is not implemented yet.
+    #[error("the `kafka:` sink is not available yet; use `stdout` or `file:PATH`")]
+    KafkaUnsupported,
+    /// Anything else.
+    #[error("unknown sink `{0}`; expected `stdout` or `file:PATH`")]
+    Unknown(String),
+}
+
+impl FromStr for SinkSpec {
+    type Err = SinkSpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "stdout" {
+            return Ok(SinkSpec::Stdout);
+        }
+        if let Some(path) = s.strip_prefix("file:") {
+            if path.is_empty() {
+                return Err(SinkSpecError::EmptyPath);
+            }
+            return Ok(SinkSpec::File(PathBuf::from(path)));
+        }
+        if s.starts_with("kafka:") {
+            return Err(SinkSpecError::KafkaUnsupported);
+        }
+        Err(SinkSpecError::Unknown(s.to_owned()))
+    }
+}
+
+impl std::fmt::Display for SinkSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SinkSpec::Stdout => f.write_str("stdout"),
+            SinkSpec::File(p) => write!(f, "file:{}", p.display()),
+        }
+    }
+}
+
+/// A setting the sidecar cannot run with.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// `--pipeline` is empty.
+    #[error("--pipeline must not be empty")]
+    EmptyPipeline,
+    /// `--pipeline` is not `namespace/name`.
+    #[error("--pipeline `{0}` must have the form `namespace/name`")]
+    PipelineFormat(String),
+    /// `--deployment` is empty.
+    #[error("--deployment must not be empty")]
+    EmptyDeployment,
+    /// `--gate-id` was given but is empty.
+    #[error("--gate-id must not be empty when given")]
+    EmptyGateId,
+    /// `--coordinator` is not a usable URL.
+    #[error("--coordinator `{url}` is not a valid URL")]
+    Coordinator {
+        /// The URL as given.
+        url: String,
+        /// Why it was refused.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// `--socket` is empty.
+    #[error("--socket must not be empty")]
+    EmptySocket,
+    /// `--listen-tcp` names a non-loopback address without `--allow-non-loopback`.
+    #[error(
+        "--listen-tcp {0} is not a loopback address; the channel protocol is unauthenticated, \
+         pass --allow-non-loopback to expose it anyway"
+    )]
+    NonLoopback(SocketAddr),
+    /// `--default-topic` is empty.
+    #[error("--default-topic must not be empty")]
+    EmptyTopic,
+    /// A count or duration that must be positive is zero.
+    #[error("--{0} must be greater than zero")]
+    Zero(&'static str),
+}
+
+impl Config {
+    /// Checks every setting and fills in the gate id, so the result can be used as is.
+    ///
+    /// Idempotent: a validated config validates again to itself.
+    pub fn validated(mut self) -> Result<Config, ConfigError> {
+        if self.pipeline.is_empty() {
+            return Err(ConfigError::EmptyPipeline);
+        }
+        match self.pipeline.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {}
+            _ => return Err(ConfigError::PipelineFormat(self.pipeline)),
+        }
+        if self.deployment.is_empty() {
+            return Err(ConfigError::EmptyDeployment);
+        }
+        if self.gate_id.as_deref() == Some("") {
+            return Err(ConfigError::EmptyGateId);
+        }
+        if let Err(source) = tonic::transport::Endpoint::from_shared(self.coordinator.clone()) {
+            return Err(ConfigError::Coordinator {
+                url: self.coordinator,
+                source,
+            });
+        }
+        if self.socket.as_os_str().is_empty() {
+            return Err(ConfigError::EmptySocket);
+        }
+        if let Some(addr) = self.listen_tcp
+            && !addr.ip().is_loopback()
+            && !self.allow_non_loopback
+        {
+            return Err(ConfigError::NonLoopback(addr));
+        }
+        if self.default_topic.is_empty() {
+            return Err(ConfigError::EmptyTopic);
+        }
+        let positive = [
+            ("hold-limit", self.hold_limit > 0),
+            ("max-frame-bytes", self.max_frame_bytes > 0),
+            ("sink-queue", self.sink_queue > 0),
+            ("idle-timeout", !self.idle_timeout.is_zero()),
+            ("progress-interval", !self.progress_interval.is_zero()),
+            (
+                "reconnect-max-backoff",
+                !self.reconnect_max_backoff.is_zero(),
+            ),
+        ];
+        if let Some((flag, _)) = positive.iter().find(|(_, ok)| !ok) {
+            return Err(ConfigError::Zero(flag));
+        }
+        if self.gate_id.is_none() {
+            self.gate_id = Some(default_gate_id(&self.deployment));
+        }
+        Ok(self)
+    }
+
+    /// The gate id: the configured one, or the default of [`Config::validated`].
+    pub fn gate_id(&self) -> String {
+        self.gate_id
+            .clone()
+            .unwrap_or_else(|| default_gate_id(&self.deployment))
+    }
+}
+
+/// `$POD_NAME` (Kubernetes downward API), else the hostname, else `{deployment}-{pid}`.
+fn default_gate_id(deployment: &str) -> String {
+    let non_empty = |s: String| {
+        let s = s.trim().to_owned();
+        (!s.is_empty()).then_some(s)
+    };
+    std::env::var("POD_NAME")
+        .ok()
+        .and_then(non_empty)
+        .or_else(|| {
+            // Read the kernel's hostname rather than calling gethostname(2): no unsafe, no
+            // extra dependency, and it is what a container's hostname is set to.
+            ["/proc/sys/kernel/hostname", "/etc/hostname"]
+                .iter()
+                .find_map(|p| std::fs::read_to_string(p).ok().and_then(non_empty))
+        })
+        .unwrap_or_else(|| format!("{deployment}-{}", std::process::id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Config {
+        let mut args = vec![
+            "gate-sidecar",
+            "--pipeline",
+            "payments/fraud",
+            "--deployment",
+            "v1",
+        ];
+        args.extend_from_slice(extra);
+        Config::try_parse_from(args).expect("flags parse")
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = parse(&[]).validated().unwrap();
+        assert_eq!(c.coordinator, "http://127.0.0.1:7070");
+        assert_eq!(c.socket, PathBuf::from("/tmp/sluice-gate.sock"));
+        assert_eq!(c.sink, SinkSpec::Stdout);
+        assert_eq!(c.default_topic, "sluice-out");
+        assert_eq!(c.hold_limit, 10_000);
+        assert_eq!(c.max_frame_bytes, 16 * 1024 * 1024);
+        assert_eq!(c.idle_timeout, Duration::from_secs(10));
+        assert_eq!(c.progress_interval, Duration::from_millis(200));
+        assert_eq!(c.reconnect_max_backoff, Duration::from_secs(5));
+        assert_eq!(c.sink_queue, 64);
+        assert!(c.gate_id.as_deref().is_some_and(|g| !g.is_empty()));
+        // Resolving twice gives the same id: it is stable for the process lifetime.
+        assert_eq!(c.clone().validated().unwrap().gate_id, c.gate_id);
+    }
+
+    #[test]
+    fn sink_specs_parse_into_the_enum() {
+        assert_eq!("stdout".parse(), Ok(SinkSpec::Stdout));
+        assert_eq!(
+            "file:/tmp/x.jsonl".parse(),
+            Ok(SinkSpec::File("/tmp/x.jsonl".into()))
+        );
+        assert_eq!("file:".parse::<SinkSpec>(), Err(SinkSpecError::EmptyPath));
+        assert_eq!(
+            "kafka:broker:9092".parse::<SinkSpec>(),
+            Err(SinkSpecError::KafkaUnsupported)
+        );
+        assert!(matches!(
+            "s3://x".parse::<SinkSpec>(),
+            Err(SinkSpecError::Unknown(_))
+        ));
+        assert!(Config::try_parse_from(["gate-sidecar", "--sink", "nope"]).is_err());
+    }
+
+    #[test]
+    fn refuses_non_loopback_tcp_unless_allowed() {
+        let err = parse(&["--listen-tcp", "0.0.0.0:9000"])
+            .validated()
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::NonLoopback(_)), "{err}");
+        assert!(err.to_string().contains("--allow-non-loopback"));
+        parse(&["--listen-tcp", "0.0.0.0:9000", "--allow-non-loopback"])
+            .validated()
+            .unwrap();
+        parse(&["--listen-tcp", "127.0.0.1:9000"])
+            .validated()
+            .unwrap();
+        parse(&["--listen-tcp", "[::1]:9000"]).validated().unwrap();
+    }
+
+    #[test]
+    fn refuses_empty_and_zero_settings_with_readable_messages() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--pipeline", ""], "--pipeline must not be empty"),
+            (&["--pipeline", "noslash"], "namespace/name"),
+            (&["--pipeline", "a/b/c"], "namespace/name"),
+            (&["--deployment", ""], "--deployment must not be empty"),
+            (&["--gate-id", ""], "--gate-id"),
+            (
+                &["--hold-limit", "0"],
+                "--hold-limit must be greater than zero",
+            ),
+            (&["--max-frame-bytes", "0"], "--max-frame-bytes"),
+            (&["--sink-queue", "0"], "--sink-queue"),
+            (&["--idle-timeout", "0s"], "--idle-timeout"),
+            (&["--progress-interval", "0ms"], "--progress-interval"),
+            (
+                &["--reconnect-max-backoff", "0s"],
+                "--reconnect-max-backoff",
+            ),
+            (&["--default-topic", ""], "--default-topic"),
+            (&["--coordinator", "not a url"], "--coordinator"),
+        ];
+        for (args, expected) in cases {
+            let err = parse(args).validated().unwrap_err().to_string();
+            assert!(err.contains(expected), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations_use_humantime() {
+        let c = parse(&["--idle-timeout", "1m 30s", "--progress-interval", "50ms"]);
+        assert_eq!(c.idle_timeout, Duration::from_secs(90));
+        assert_eq!(c.progress_interval, Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,216 @@
+//! The one gate this sidecar serves: its identity and its shared, locked state.
+//!
+//! All channels and the control task share one [`Gate`]. Its state (the core [`GateCore`], the
+//! [`WatermarkTracker`] and the counters) sits behind one `std::sync::Mutex`, because the prepare
+//! vote is only sound if "observe + decide a batch" and "apply an assignment + vote" never
+//! interleave: a gate that votes yes must not have decided any record at or above the barrier.
+//! The lock is never held across an `.await`.
+//!
+//! Channel tasks wait on a `watch` of a change counter to re-drain their hold queues whenever
+//! an assignment is applied.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use sluice_core::gate::{Applied, Assignment, GateCore};
+use sluice_core::watermark::WatermarkTracker;
+use sluice_proto::convert::role_of;
+use sluice_proto::v1;
+use tokio::sync::watch;
+
+use crate::counters::Counters;
+
+/// Who this gate is: the pipeline and deployment it serves, and its own id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateIdentity {
+    /// Pipeline name, `namespace/name`.
+    pub pipeline: String,
+    /// Deployment id.
+    pub deployment: String,
+    /// Gate id, stable for the process lifetime.
+    pub gate_id: String,
+}
+
+/// The state guarded by the gate lock.
+#[derive(Debug)]
+pub(crate) struct GateState {
+    /// Assignment, high mark and vote.
+    pub core: GateCore,
+    /// Channel watermarks and idleness.
+    pub tracker: WatermarkTracker,
+    /// Counters for progress reports.
+    pub counters: Counters,
+}
+
+/// The shared gate.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    identity: GateIdentity,
+    state: Mutex<GateState>,
+    changes: watch::Sender<u64>,
+    started: Instant,
+}
+
+impl Gate {
+    /// A fresh gate: no assignment, so every record is held (fail closed).
+    pub fn new(identity: GateIdentity, idle_timeout_ms: u64) -> Self {
+        Self {
+            identity,
+            state: Mutex::new(GateState {
+                core: GateCore::new(),
+                tracker: WatermarkTracker::new(idle_timeout_ms),
+                counters: Counters::default(),
+            }),
+            changes: watch::channel(0).0,
+            started: Instant::now(),
+        }
+    }
+
+    /// Who the gate is.
+    pub fn identity(&self) -> &GateIdentity {
+        &self.identity
+    }
+
+    /// Milliseconds since the sidecar started, on a monotonic clock (the tracker's time base).
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Takes the gate lock. Never hold the guard across an `.await`.
+    pub fn lock(&self) -> MutexGuard<'_, GateState> {
+        // A panic under the lock leaves no half-applied state behind (every critical section
+        // mutates plain values), so carrying on beats taking every channel down.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A receiver that wakes whenever an assignment is applied.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Applies an assignment and computes the vote atomically with respect to every decision,
+    /// then wakes the channels so they re-decide their held records.
+    pub fn apply(&self, next: Assignment) -> Applied {
+        let (applied, previous) = {
+            let mut state = self.lock();
+            let previous = state.core.assignment().copied();
+            (state.core.apply(next), previous)
+        };
+        match applied {
+            Applied::Stale => {
+                tracing::debug!(
+                    version = next.version,
+                    held = previous.map(|a| a.version),
+                    "ignoring stale assignment"
+                );
+            }
+            Applied::Current { .. } => {
+                if previous != Some(next) {
+                    log_assignment(&next);
+                }
+                self.changes.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        }
+        applied
+    }
+
+    /// The version of the assignment in force; `None` for a fresh gate.
+    pub fn assignment_version(&self) -> Option<u64> {
+        self.lock().core.assignment().map(|a| a.version)
+    }
+
+    /// A progress report as of now.
+    pub fn progress(&self) -> v1::GateProgress {
+        let now = self.now_ms();
+        let mut state = self.lock();
+        let clock = state.tracker.clock(now);
+        v1::GateProgress {
+            high_mark_ms: state.core.high_mark(),
+            watermark_ms: clock.watermark,
+            channels: clock.channels,
+            idle_channels: clock.idle_channels,
+            counters: Some(state.counters.to_wire()),
+        }
+    }
+}
+
+fn log_assignment(a: &Assignment) {
+    let (barrier, committed) = match a.admission {
+        sluice_core::gate::Admission::Outgoing {
+            barrier, committed, ..
+        }
+        | sluice_core::gate::Admission::Incoming { barrier, committed } => {
+            (Some(barrier), Some(committed))
+        }
+        sluice_core::gate::Admission::Retired { barrier, .. } => (Some(barrier), None),
+        sluice_core::gate::Admission::Active { .. } | sluice_core::gate::Admission::Standby => {
+            (None, None)
+        }
+    };
+    tracing::info!(
+        version = a.version,
+        epoch = a.epoch,
+        role = role_of(&a.admission).as_str_name(),
+        barrier_ms = barrier,
+        committed,
+        late_policy = ?a.late_policy,
+        "assignment changed"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::gate::{Admission, LatePolicy};
+
+    fn gate() -> Gate {
+        Gate::new(
+            GateIdentity {
+                pipeline: "a/b".into(),
+                deployment: "d".into(),
+                gate_id: "g".into(),
+            },
+            1_000,
+        )
+    }
+
+    fn assignment(version: u64, admission: Admission) -> Assignment {
+        Assignment {
+            version,
+            epoch: 1,
+            admission,
+            late_policy: LatePolicy::Drop,
+        }
+    }
+
+    #[tokio::test]
+    async fn applying_wakes_subscribers_but_stale_assignments_do_not() {
+        let g = gate();
+        let mut rx = g.subscribe();
+        g.apply(assignment(2, Admission::Standby));
+        assert!(rx.has_changed().unwrap());
+        rx.borrow_and_update();
+        assert_eq!(
+            g.apply(assignment(1, Admission::Active { floor: None })),
+            Applied::Stale
+        );
+        assert!(!rx.has_changed().unwrap());
+        assert_eq!(g.assignment_version(), Some(2));
+    }
+
+    #[test]
+    fn progress_reports_high_mark_and_counters() {
+        let g = gate();
+        {
+            let mut s = g.lock();
+            s.core.observe(42);
+            s.counters.received = 3;
+            s.tracker.on_watermark("c", 40, g.now_ms());
+        }
+        let p = g.progress();
+        assert_eq!(p.high_mark_ms, Some(42));
+        assert_eq!(p.watermark_ms, Some(40));
+        assert_eq!(p.channels, 1);
+        assert_eq!(p.counters.unwrap().received, 3);
+    }
+}

@@ -1,0 +1,300 @@
+//! The sidecar's top level: listeners, the accept loop, the control task and shutdown.
+
+use std::future::Future;
+use std::os::unix::fs::FileTypeExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::channel::{self, ChannelSettings};
+use crate::config::{Config, ConfigError};
+use crate::control::{self, ControlSettings};
+use crate::gate::{Gate, GateIdentity};
+use crate::sink::jsonl::JsonLinesSink;
+use crate::sink::{Sink, SinkError};
+
+/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Why the sidecar could not start or stop cleanly.
+#[derive(Debug, Error)]
+pub enum SidecarError {
+    /// A setting is invalid.
+    #[error("invalid configuration")]
+    Config(#[from] ConfigError),
+    /// Neither a Unix nor a TCP listener was given.
+    #[error("no listener: give a Unix socket or a TCP address")]
+    NoListeners,
+    /// The socket path exists and is not a socket, so it is not ours to remove.
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    /// Another process is serving the socket path.
+    #[error("{0} is in use by a running process")]
+    SocketInUse(PathBuf),
+    /// A stale socket file could not be removed.
+    #[error("cannot remove stale socket {path}")]
+    RemoveStale {
+        /// The socket path.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Binding a listener failed.
+    #[error("cannot listen on {address}")]
+    Bind {
+        /// The socket path or TCP address.
+        address: String,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The sink could not be opened or flushed.
+    #[error("sink error")]
+    Sink(#[source] SinkError),
+}
+
+/// The sockets channels connect to, bound before [`run`] so tests can use temporary sockets
+/// and port 0.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// A Unix socket listener; its file is removed on shutdown.
+    pub unix: Option<UnixListener>,
+    /// A TCP listener (loopback unless explicitly allowed).
+    pub tcp: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds what `config` asks for: the Unix socket (removing a stale socket file first) and
+    /// the optional TCP address. Validates the config first, so nothing is bound for a bad one.
+    /// Needs a Tokio runtime.
+    pub async fn bind(config: &Config) -> Result<Self, SidecarError> {
+        let config = config.clone().validated()?;
+        remove_stale_socket(&config.socket)?;
+        let unix = UnixListener::bind(&config.socket).map_err(|source| SidecarError::Bind {
+            address: config.socket.display().to_string(),
+            source,
+        })?;
+        let tcp = match config.listen_tcp {
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| SidecarError::Bind {
+                            address: addr.to_string(),
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        Ok(Self {
+            unix: Some(unix),
+            tcp,
+        })
+    }
+}
+
+/// Removes a socket file left by a previous run; refuses to touch anything else.
+fn remove_stale_socket(path: &Path) -> Result<(), SidecarError> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(SidecarError::NotASocket(path.to_owned()));
+    }
+    // A socket someone still accepts on is not stale.
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(SidecarError::SocketInUse(path.to_owned()));
+    }
+    std::fs::remove_file(path).map_err(|source| SidecarError::RemoveStale {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Runs the sidecar with the embedded sink named by `config.sink` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SidecarError> {
+    let config = config.validated()?;
+    let sink = JsonLinesSink::open(&config.sink, identity(&config), config.sink_queue)
+        .await
+        .map_err(SidecarError::Sink)?;
+    run_with_sink(config, listeners, sink, shutdown).await
+}
+
+fn identity(config: &Config) -> GateIdentity {
+    GateIdentity {
+        pipeline: config.pipeline.clone(),
+        deployment: config.deployment.clone(),
+        gate_id: config.gate_id(),
+    }
+}
+
+/// Runs the sidecar with a caller-provided sink until `shutdown` resolves. `config.sink` and
+/// `config.sink_queue` are not used.
+///
+/// On shutdown: stop accepting, let every channel finish delivering what it admitted (up to
+/// `config.shutdown_grace`), close the channels with `SHUTTING_DOWN`, flush the sink and remove
+/// the Unix socket file.
+pub async fn run_with_sink<S: Sink>(
+    config: Config,
+    listeners: Listeners,
+    sink: S,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SidecarError> {
+    let config = config.validated()?;
+    if listeners.unix.is_none() && listeners.tcp.is_none() {
+        return Err(SidecarError::NoListeners);
+    }
+    let identity = identity(&config);
+    let unix_path = listeners
+        .unix
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .and_then(|a| a.as_pathname().map(Path::to_owned));
+    log_startup(&config, &identity, &listeners, unix_path.as_deref());
+
+    let idle_ms = u64::try_from(config.idle_timeout.as_millis()).unwrap_or(u64::MAX);
+    let gate = Arc::new(Gate::new(identity, idle_ms));
+    let sink = Arc::new(sink);
+    let settings = Arc::new(ChannelSettings {
+        max_frame_bytes: config.max_frame_bytes,
+        hold_limit: config.hold_limit,
+        default_topic: config.default_topic.as_str().into(),
+    });
+    let control = tokio::spawn(control::run(
+        gate.clone(),
+        ControlSettings {
+            coordinator: config.coordinator.clone(),
+            progress_interval: config.progress_interval,
+            max_backoff: config.reconnect_max_backoff,
+        },
+    ));
+
+    let stop = CancellationToken::new();
+    let mut channels = JoinSet::new();
+    let mut conn: u64 = 0;
+    let Listeners { unix, tcp } = listeners;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = accept_unix(unix.as_ref()) => match accepted {
+                Ok((stream, peer)) => {
+                    conn += 1;
+                    channels.spawn(channel::serve(
+                        stream, conn, peer, gate.clone(), sink.clone(), settings.clone(), stop.clone(),
+                    ));
+                }
+                Err(e) => accept_failed("unix", &e).await,
+            },
+            accepted = accept_tcp(tcp.as_ref()) => match accepted {
+                Ok((stream, peer)) => {
+                    conn += 1;
+                    // Records are small and latency matters more than packet count.
+                    let _ = stream.set_nodelay(true);
+                    channels.spawn(channel::serve(
+                        stream, conn, peer, gate.clone(), sink.clone(), settings.clone(), stop.clone(),
+                    ));
+                }
+                Err(e) => accept_failed("tcp", &e).await,
+            },
+            Some(done) = channels.join_next(), if !channels.is_empty() => {
+                if let Err(e) = done && e.is_panic() {
+                    tracing::error!(error = %e, "a channel task panicked");
+                }
+            }
+        }
+    }
+
+    tracing::info!(
+        channels = channels.len(),
+        "shutting down: no longer accepting channels"
+    );
+    drop(unix);
+    drop(tcp);
+    stop.cancel();
+    let drained = tokio::time::timeout(config.shutdown_grace, async {
+        while channels.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            channels = channels.len(),
+            grace = %humantime::format_duration(config.shutdown_grace),
+            "channels still waiting for the sink after the grace period; closing them"
+        );
+        channels.shutdown().await;
+    }
+    control.abort();
+    let flushed = sink.flush().await.map_err(SidecarError::Sink);
+    if let Some(path) = unix_path
+        && let Err(e) = std::fs::remove_file(&path)
+    {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove the socket file");
+    }
+    tracing::info!("stopped");
+    flushed
+}
+
+async fn accept_unix(
+    listener: Option<&UnixListener>,
+) -> std::io::Result<(tokio::net::UnixStream, String)> {
+    match listener {
+        Some(l) => {
+            let (stream, _) = l.accept().await?;
+            Ok((stream, "unix".to_owned()))
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn accept_tcp(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, String)> {
+    match listener {
+        Some(l) => {
+            let (stream, peer) = l.accept().await?;
+            Ok((stream, peer.to_string()))
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn accept_failed(kind: &str, e: &std::io::Error) {
+    tracing::warn!(listener = kind, error = %e, "accept failed");
+    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+}
+
+fn log_startup(
+    config: &Config,
+    identity: &GateIdentity,
+    listeners: &Listeners,
+    unix_path: Option<&Path>,
+) {
+    tracing::info!(
+        pipeline = %identity.pipeline,
+        deployment = %identity.deployment,
+        gate = %identity.gate_id,
+        coordinator = %config.coordinator,
+        socket = unix_path.map(|p| p.display().to_string()),
+        tcp = listeners.tcp.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
+        sink = %config.sink,
+        default_topic = %config.default_topic,
+        hold_limit = config.hold_limit,
+        max_frame_bytes = config.max_frame_bytes,
+        idle_timeout = %humantime::format_duration(config.idle_timeout),
+        progress_interval = %humantime::format_duration(config.progress_interval),
+        reconnect_max_backoff = %humantime::format_duration(config.reconnect_max_backoff),
+        "gate sidecar starting (fail closed: holding every record until the coordinator assigns a role)"
+    );
+}
