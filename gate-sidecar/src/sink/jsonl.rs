@@ -6,12 +6,14 @@
 //! ```json
 //! {"pipeline":"payments/fraud","deployment":"v41","gate":"pod-0","channel":"3",
 //!  "topic":"sluice-out","partition":null,"key":"k1","value":"{\"amount\":5}",
-//!  "event_time_ms":1700000000000,"headers":[{"key":"trace","value":"abc"}]}
+//!  "event_time_ms":1700000000000,"headers":[{"key":"trace","value":"abc"}],
+//!  "written_at_ms":1700000000123}
 //! ```
 //!
 //! `key`, `value` and each header `value` are strings when the bytes are valid UTF-8; otherwise
 //! the field is named `key_b64` / `value_b64` and holds standard base64. `partition` is `null`
-//! when the record names none.
+//! when the record names none. `written_at_ms` is the sidecar's wall clock when it wrote the
+//! batch (for measuring output gaps).
 //!
 //! One writer task owns the output. It takes batches from a bounded queue, writes every batch
 //! already waiting, flushes once, then acknowledges them all: an ack means written and flushed.
@@ -158,8 +160,12 @@ async fn write_and_flush<W: AsyncWrite + Unpin>(writer: &mut W, buf: &[u8]) -> s
 
 fn encode_batch(identity: &GateIdentity, batch: &SinkBatch) -> Result<Vec<u8>, serde_json::Error> {
     let mut out = Vec::new();
+    // One wall-clock stamp per batch: lets a reader measure output gaps in real time.
+    let written_at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     for record in &batch.records {
-        encode_line(identity, &batch.channel, record, &mut out)?;
+        encode_line(identity, &batch.channel, record, written_at_ms, &mut out)?;
     }
     Ok(out)
 }
@@ -188,6 +194,8 @@ struct Line<'a> {
     value_b64: Option<String>,
     event_time_ms: i64,
     headers: Vec<HeaderLine<'a>>,
+    /// Wall clock (ms since the Unix epoch) when the sidecar wrote the record.
+    written_at_ms: u64,
 }
 
 #[derive(Serialize)]
@@ -217,6 +225,7 @@ fn encode_line(
     identity: &GateIdentity,
     channel: &str,
     record: &SinkRecord,
+    written_at_ms: u64,
     out: &mut Vec<u8>,
 ) -> Result<(), serde_json::Error> {
     let key = text(&record.key);
@@ -245,6 +254,7 @@ fn encode_line(
                 }
             })
             .collect(),
+        written_at_ms,
     };
     serde_json::to_writer(&mut *out, &line)?;
     out.push(b'\n');
@@ -287,14 +297,14 @@ mod tests {
     #[test]
     fn utf8_fields_are_strings_in_the_documented_order() {
         let mut out = Vec::new();
-        encode_line(&identity(), "3", &record(b"k1", b"{\"a\":1}"), &mut out).unwrap();
+        encode_line(&identity(), "3", &record(b"k1", b"{\"a\":1}"), 42, &mut out).unwrap();
         let line = String::from_utf8(out).unwrap();
         assert_eq!(
             line,
             "{\"pipeline\":\"payments/fraud\",\"deployment\":\"v41\",\"gate\":\"pod-0\",\
              \"channel\":\"3\",\"topic\":\"out\",\"partition\":null,\"key\":\"k1\",\
              \"value\":\"{\\\"a\\\":1}\",\"event_time_ms\":1700000000000,\"headers\":[\
-             {\"key\":\"trace\",\"value\":\"abc\"},{\"key\":\"bin\",\"value_b64\":\"/wA=\"}]}\n"
+             {\"key\":\"trace\",\"value\":\"abc\"},{\"key\":\"bin\",\"value_b64\":\"/wA=\"}],\"written_at_ms\":42}\n"
         );
     }
 
@@ -303,7 +313,7 @@ mod tests {
         let mut r = record(&[0xc3, 0x28], &[0xff, 0xfe, 0xfd]);
         r.partition = Some(7);
         let mut out = Vec::new();
-        encode_line(&identity(), "0", &r, &mut out).unwrap();
+        encode_line(&identity(), "0", &r, 0, &mut out).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["key_b64"], "wyg=");
         assert_eq!(v["value_b64"], "//79");

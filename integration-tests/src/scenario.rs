@@ -1,0 +1,695 @@
+//! The process-level blue/green scenario: a real coordinator, a real sidecar per deployment,
+//! clients replaying the same input into both, a cutover started through the public gRPC API,
+//! and every output record counted.
+//!
+//! Input: `records` records with unique keys `r0000000..`, event times `BASE + i ± jitter`
+//! (out of order within the jitter), partitioned over a different number of channels per
+//! deployment. Blue replays them at the live rate from the start; green starts late (a slow
+//! bootstrap), replays faster until it has caught up with the live input, then follows it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sluice_proto::v1::cutover_client::CutoverClient;
+use sluice_proto::v1::{
+    GetPipelineRequest, Header, Phase, PipelineStatus, Record, Records, StartCutoverRequest,
+    WatchPipelineRequest, When, pipeline_event,
+};
+use tokio::task::JoinSet;
+use tonic::transport::Channel as GrpcChannel;
+
+use crate::client::{Acked, Channel};
+use crate::procs::{Proc, binary, free_port, wait_for_tcp, wait_for_unix};
+
+/// First event time of the input (2023-11-14T22:13:20Z).
+pub const BASE_MS: i64 = 1_700_000_000_000;
+/// Pipeline name used by the scenario.
+pub const PIPELINE: &str = "demo/orders";
+/// Blue deployment id.
+pub const BLUE: &str = "orders-v1";
+/// Green deployment id.
+pub const GREEN: &str = "orders-v2";
+
+/// How the scenario runs.
+#[derive(Debug, Clone)]
+pub struct ScenarioConfig {
+    /// Records in the input (each deployment replays all of them).
+    pub records: usize,
+    /// Channels (sink subtasks) of blue.
+    pub blue_channels: usize,
+    /// Channels of green (a different parallelism).
+    pub green_channels: usize,
+    /// Event times are out of order by up to this many ms either way.
+    pub jitter_ms: i64,
+    /// Live input rate: records per wall-clock ms (event time advances 1 ms per record).
+    pub records_per_ms: f64,
+    /// Records per frame.
+    pub batch: usize,
+    /// A channel flushes (like a Flink checkpoint) every this many of its records.
+    pub flush_every: usize,
+    /// When the cutover is requested, after blue starts.
+    pub cutover_after: Duration,
+    /// Green's slow bootstrap: it starts this long after blue.
+    pub green_delay: Duration,
+    /// Green replays this many times faster than live until it has caught up.
+    pub green_speedup: f64,
+    /// Barrier margin (event-time ms).
+    pub margin_ms: i64,
+    /// Drain lateness (event-time ms).
+    pub drain_lateness_ms: i64,
+    /// Allowed candidate watermark lag (event-time ms).
+    pub max_lag_ms: i64,
+    /// Kill -9 and restart the coordinator mid-cutover (waiting/prepared, then committed).
+    pub kill_coordinator: bool,
+    /// Seed of the event-time jitter.
+    pub seed: u64,
+    /// Where state, sockets, outputs and logs go.
+    pub work_dir: PathBuf,
+}
+
+impl ScenarioConfig {
+    /// The defaults of the demo and the process-level test, in `work_dir`.
+    pub fn new(work_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            records: 100_000,
+            blue_channels: 4,
+            green_channels: 5,
+            jitter_ms: 200,
+            records_per_ms: 20.0,
+            batch: 100,
+            flush_every: 2_000,
+            cutover_after: Duration::from_millis(500),
+            green_delay: Duration::from_millis(1_500),
+            green_speedup: 2.0,
+            margin_ms: 1_000,
+            drain_lateness_ms: 2_000,
+            max_lag_ms: 1_000,
+            kill_coordinator: false,
+            seed: 7,
+            work_dir: work_dir.into(),
+        }
+    }
+}
+
+/// A phase transition seen on the Watch stream.
+#[derive(Debug, Clone)]
+pub struct PhaseSeen {
+    /// The phase.
+    pub phase: Phase,
+    /// Its epoch.
+    pub epoch: u64,
+    /// The barrier, if any.
+    pub barrier: Option<i64>,
+    /// Coordinator wall clock ms.
+    pub at_ms: u64,
+    /// Why.
+    pub reason: String,
+}
+
+/// Per-deployment figures.
+#[derive(Debug, Clone, Default)]
+pub struct DeploymentReport {
+    /// Records the clients sent.
+    pub sent: u64,
+    /// Admitted according to the final FlushAcks.
+    pub acked_admitted: u64,
+    /// Dropped according to the final FlushAcks.
+    pub acked_dropped: u64,
+    /// Lines in the deployment's output file.
+    pub output: u64,
+    /// Smallest and largest event time in the output.
+    pub output_range: Option<(i64, i64)>,
+}
+
+/// What happened.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Input records.
+    pub records: u64,
+    /// Blue's figures.
+    pub blue: DeploymentReport,
+    /// Green's figures.
+    pub green: DeploymentReport,
+    /// Input records found more than once in the merged output (extra copies).
+    pub duplicates: u64,
+    /// Input records found nowhere.
+    pub missing: u64,
+    /// Blue records at or above the barrier, or green records below it.
+    pub wrong_side: u64,
+    /// Final status of the pipeline.
+    pub status: PipelineStatus,
+    /// The barrier.
+    pub barrier: Option<i64>,
+    /// Phase transitions seen.
+    pub phases: Vec<PhaseSeen>,
+    /// Largest wall-clock gap between consecutive output records, before the cutover (ms).
+    pub steady_gap_ms: u64,
+    /// Largest gap from just before prepare to just after completion (ms).
+    pub cutover_gap_ms: u64,
+    /// Coordinator kills performed.
+    pub coordinator_kills: u32,
+    /// Wall time of the whole run.
+    pub elapsed: Duration,
+}
+
+impl Report {
+    /// True when the merged output holds every input record exactly once.
+    pub fn exact(&self) -> bool {
+        self.duplicates == 0 && self.missing == 0 && self.wrong_side == 0
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One input record's event time.
+fn event_times(cfg: &ScenarioConfig) -> Vec<i64> {
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    (0..cfg.records)
+        .map(|i| BASE_MS + i as i64 + rng.random_range(-cfg.jitter_ms..=cfg.jitter_ms))
+        .collect()
+}
+
+/// Which channel of `n` carries record `i` (a multiplicative hash: blue and green split the
+/// input differently).
+fn channel_of(i: usize, n: usize) -> usize {
+    ((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % n
+}
+
+fn record(i: usize, ts: i64) -> Record {
+    Record {
+        key: format!("r{i:07}").into_bytes(),
+        value: format!("{{\"order\":{i},\"amount\":{}}}", i % 997).into_bytes(),
+        headers: vec![Header {
+            key: "source".into(),
+            value: b"replay".to_vec(),
+        }],
+        event_time_ms: ts,
+        topic: String::new(),
+        partition: None,
+    }
+}
+
+/// When record `i` may be sent: blue follows the live rate; green, started late, replays at
+/// `speedup` until it meets the live input.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    live_start: Instant,
+    start: Instant,
+    per_ms: f64,
+    speedup: f64,
+}
+
+impl Pace {
+    fn due(&self, i: usize) -> Instant {
+        let live = self.live_start + Duration::from_secs_f64(i as f64 / self.per_ms / 1_000.0);
+        let replay =
+            self.start + Duration::from_secs_f64(i as f64 / (self.per_ms * self.speedup) / 1_000.0);
+        live.max(replay)
+    }
+}
+
+async fn run_channel(
+    socket: PathBuf,
+    deployment: &'static str,
+    channel: usize,
+    indices: Vec<usize>,
+    times: Arc<Vec<i64>>,
+    pace: Pace,
+    cfg: ScenarioConfig,
+) -> Result<Acked> {
+    let mut ch = Channel::open(&socket, PIPELINE, deployment, &channel.to_string()).await?;
+    let mut since_flush = 0;
+    let mut pos = 0;
+    while pos < indices.len() {
+        tokio::time::sleep_until(pace.due(indices[pos]).into()).await;
+        let now = Instant::now();
+        let mut batch = Vec::with_capacity(cfg.batch);
+        let mut last = indices[pos];
+        while pos < indices.len() && batch.len() < cfg.batch && pace.due(indices[pos]) <= now {
+            last = indices[pos];
+            batch.push(record(last, times[last]));
+            pos += 1;
+        }
+        since_flush += batch.len();
+        ch.records(Records { records: batch }).await?;
+        // Every later record of this channel has a larger index, so an event time of at least
+        // BASE + last + 1 - jitter: this watermark is never violated.
+        ch.watermark(BASE_MS + last as i64 - cfg.jitter_ms - 1).await?;
+        if since_flush >= cfg.flush_every {
+            ch.flush().await?;
+            since_flush = 0;
+        }
+    }
+    // End of input, as Flink signals it.
+    ch.watermark(i64::MAX).await?;
+    ch.flush().await
+}
+
+async fn cutover_client(port: u16) -> Result<CutoverClient<GrpcChannel>> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match CutoverClient::connect(format!("http://127.0.0.1:{port}")).await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() > deadline => return Err(e).context("cannot reach coordinator"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+async fn pipeline_status(port: u16) -> Result<PipelineStatus> {
+    let mut c = cutover_client(port).await?;
+    Ok(c.get_pipeline(GetPipelineRequest {
+        pipeline: PIPELINE.into(),
+    })
+    .await?
+    .into_inner())
+}
+
+/// Follows the pipeline's Watch stream across coordinator restarts, recording phase changes.
+async fn watch_phases(port: u16, seen: Arc<Mutex<Vec<PhaseSeen>>>) {
+    loop {
+        let Ok(mut c) = cutover_client(port).await else {
+            continue;
+        };
+        let stream = c
+            .watch_pipeline(WatchPipelineRequest {
+                pipeline: PIPELINE.into(),
+            })
+            .await;
+        let Ok(stream) = stream else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let mut stream = stream.into_inner();
+        while let Ok(Some(ev)) = stream.message().await {
+            let entry = match ev.kind {
+                Some(pipeline_event::Kind::PhaseChange(p)) => PhaseSeen {
+                    phase: p.phase(),
+                    epoch: p.epoch,
+                    barrier: p.barrier_ms,
+                    at_ms: ev.at_ms,
+                    reason: p.reason,
+                },
+                Some(pipeline_event::Kind::Status(s)) => PhaseSeen {
+                    phase: s.phase(),
+                    epoch: s.epoch,
+                    barrier: s.barrier_ms,
+                    at_ms: ev.at_ms,
+                    reason: "status".into(),
+                },
+                _ => continue,
+            };
+            let mut seen = seen.lock().expect("no panics while held");
+            let changed = seen
+                .last()
+                .is_none_or(|l| (l.phase, l.epoch) != (entry.phase, entry.epoch));
+            if changed {
+                seen.push(entry);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+struct Coordinator {
+    proc: Proc,
+    args: Vec<String>,
+    log: PathBuf,
+    port: u16,
+}
+
+impl Coordinator {
+    fn start(dir: &Path, cfg: &ScenarioConfig) -> Result<Self> {
+        let port = free_port()?;
+        let args: Vec<String> = [
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--state-file",
+            &dir.join("state.json").display().to_string(),
+            "--margin",
+            &format!("{}ms", cfg.margin_ms),
+            "--drain-lateness",
+            &format!("{}ms", cfg.drain_lateness_ms),
+            "--max-lag",
+            &format!("{}ms", cfg.max_lag_ms),
+            "--prepare-timeout",
+            "2s",
+            "--tick-interval",
+            "20ms",
+            "--status-interval",
+            "250ms",
+            "--heartbeat-interval",
+            "250ms",
+        ]
+        .map(String::from)
+        .to_vec();
+        let log = dir.join("coordinator.log");
+        let proc = Proc::spawn("coordinator", &binary("coordinator")?, &args, &log)?;
+        wait_for_tcp(([127, 0, 0, 1], port).into(), Duration::from_secs(20))?;
+        Ok(Self {
+            proc,
+            args,
+            log,
+            port,
+        })
+    }
+
+    fn crash_and_restart(&mut self, down_for: Duration) -> Result<()> {
+        self.proc.kill();
+        std::thread::sleep(down_for);
+        self.proc = Proc::spawn("coordinator", &binary("coordinator")?, &self.args, &self.log)?;
+        wait_for_tcp(([127, 0, 0, 1], self.port).into(), Duration::from_secs(20))
+    }
+}
+
+fn sidecar(dir: &Path, port: u16, deployment: &str) -> Result<(Proc, PathBuf, PathBuf)> {
+    let socket = dir.join(format!("{deployment}.sock"));
+    let output = dir.join(format!("{deployment}.jsonl"));
+    let args: Vec<String> = [
+        "--coordinator",
+        &format!("http://127.0.0.1:{port}"),
+        "--pipeline",
+        PIPELINE,
+        "--deployment",
+        deployment,
+        "--gate-id",
+        &format!("{deployment}-tm-0"),
+        "--socket",
+        &socket.display().to_string(),
+        "--sink",
+        &format!("file:{}", output.display()),
+        "--reconnect-max-backoff",
+        "200ms",
+        "--progress-interval",
+        "50ms",
+    ]
+    .map(String::from)
+    .to_vec();
+    let proc = Proc::spawn(
+        deployment,
+        &binary("gate-sidecar")?,
+        &args,
+        &dir.join(format!("{deployment}.log")),
+    )?;
+    wait_for_unix(&socket, Duration::from_secs(20))?;
+    Ok((proc, socket, output))
+}
+
+/// One output line, as far as the count needs it.
+#[derive(serde::Deserialize)]
+struct OutLine {
+    key: String,
+    event_time_ms: i64,
+    written_at_ms: u64,
+}
+
+fn read_output(path: &Path) -> Result<Vec<OutLine>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    text.lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("bad output line {l}")))
+        .collect()
+}
+
+fn largest_gap(mut stamps: Vec<u64>) -> u64 {
+    stamps.sort_unstable();
+    stamps.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0)
+}
+
+/// Runs the scenario and counts the outcome. Fails only when the machinery fails; exactness is
+/// for the caller to judge from the [`Report`].
+pub async fn run(cfg: &ScenarioConfig) -> Result<Report> {
+    let started = Instant::now();
+    let dir = cfg.work_dir.clone();
+    std::fs::create_dir_all(&dir)?;
+    let coordinator = Arc::new(Mutex::new(Coordinator::start(&dir, cfg)?));
+    let port = coordinator.lock().expect("not poisoned").port;
+    let (mut blue_proc, blue_sock, blue_out) = sidecar(&dir, port, BLUE)?;
+    let (mut green_proc, green_sock, green_out) = sidecar(&dir, port, GREEN)?;
+
+    let times = Arc::new(event_times(cfg));
+    let live_start = Instant::now();
+    let blue_pace = Pace {
+        live_start,
+        start: live_start,
+        per_ms: cfg.records_per_ms,
+        speedup: 1.0,
+    };
+    let green_pace = Pace {
+        start: live_start + cfg.green_delay,
+        speedup: cfg.green_speedup,
+        ..blue_pace
+    };
+    let mut clients = JoinSet::new();
+    for (deployment, n, socket, pace) in [
+        (BLUE, cfg.blue_channels, &blue_sock, blue_pace),
+        (GREEN, cfg.green_channels, &green_sock, green_pace),
+    ] {
+        for c in 0..n {
+            let indices: Vec<usize> = (0..cfg.records).filter(|i| channel_of(*i, n) == c).collect();
+            let (socket, times, cfg) = (socket.clone(), times.clone(), cfg.clone());
+            clients.spawn(async move {
+                // Green's TaskManagers only connect once its slow bootstrap is over.
+                tokio::time::sleep_until(pace.start.into()).await;
+                let acked = run_channel(socket, deployment, c, indices, times, pace, cfg).await;
+                (deployment, acked)
+            });
+        }
+    }
+
+    let phases = Arc::new(Mutex::new(Vec::new()));
+    let watcher = tokio::spawn(watch_phases(port, phases.clone()));
+
+    // The orchestrator: request the cutover through the public API, as a person would.
+    tokio::time::sleep(cfg.cutover_after).await;
+    let mut api = cutover_client(port).await?;
+    api.start_cutover(StartCutoverRequest {
+        pipeline: PIPELINE.into(),
+        candidate: GREEN.into(),
+        when: When::Ready as i32,
+        min_gates: Some(1),
+        ..Default::default()
+    })
+    .await
+    .context("StartCutover failed")?;
+
+    let mut kills = 0;
+    if cfg.kill_coordinator {
+        // Crash while waiting for green (or preparing), then again once committed.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let c = coordinator.clone();
+        tokio::task::spawn_blocking(move || {
+            c.lock()
+                .expect("not poisoned")
+                .crash_and_restart(Duration::from_millis(300))
+        })
+        .await??;
+        kills += 1;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = pipeline_status(port).await?;
+            if s.phase() == Phase::Committed {
+                let c = coordinator.clone();
+                tokio::task::spawn_blocking(move || {
+                    c.lock()
+                        .expect("not poisoned")
+                        .crash_and_restart(Duration::from_millis(300))
+                })
+                .await??;
+                kills += 1;
+                break;
+            }
+            if s.phase() == Phase::Completed || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    let mut blue = DeploymentReport::default();
+    let mut green = DeploymentReport::default();
+    while let Some(joined) = clients.join_next().await {
+        let (deployment, acked) = joined?;
+        let acked = acked.with_context(|| format!("a {deployment} channel failed"))?;
+        let d = if deployment == BLUE { &mut blue } else { &mut green };
+        d.acked_admitted += acked.admitted;
+        d.acked_dropped += acked.dropped;
+    }
+    blue.sent = cfg.records as u64;
+    green.sent = cfg.records as u64;
+
+    // Blue's end-of-input watermark completes the drain at the latest.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let s = pipeline_status(port).await?;
+        if s.phase() == Phase::Completed || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Give the watcher a moment to see the last transition, then stop everything.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    watcher.abort();
+    blue_proc.check_alive()?;
+    green_proc.check_alive()?;
+    drop((blue_proc, green_proc));
+    coordinator.lock().expect("not poisoned").proc.kill();
+
+    let barrier = status.barrier_ms;
+    let blue_lines = read_output(&blue_out)?;
+    let green_lines = read_output(&green_out)?;
+    let mut counts = vec![0u32; cfg.records];
+    let mut wrong_side = 0;
+    for (lines, report, is_blue) in [(&blue_lines, &mut blue, true), (&green_lines, &mut green, false)]
+    {
+        report.output = lines.len() as u64;
+        for l in lines.iter() {
+            let i: usize = l.key.trim_start_matches('r').parse().context("bad key")?;
+            *counts.get_mut(i).context("key out of range")? += 1;
+            if let Some(t) = barrier
+                && (l.event_time_ms >= t) == is_blue
+            {
+                wrong_side += 1;
+            }
+            report.output_range = Some(match report.output_range {
+                None => (l.event_time_ms, l.event_time_ms),
+                Some((a, b)) => (a.min(l.event_time_ms), b.max(l.event_time_ms)),
+            });
+        }
+    }
+    let duplicates = counts.iter().map(|c| c.saturating_sub(1) as u64).sum();
+    let missing = counts.iter().filter(|c| **c == 0).count() as u64;
+
+    let phases = phases.lock().expect("not poisoned").clone();
+    let at = |p: Phase| phases.iter().rev().find(|s| s.phase == p).map(|s| s.at_ms);
+    let stamps: Vec<u64> = blue_lines
+        .iter()
+        .chain(&green_lines)
+        .map(|l| l.written_at_ms)
+        .collect();
+    let first = stamps.iter().min().copied().unwrap_or(0);
+    let (prepared, completed) = (
+        at(Phase::Prepared).unwrap_or(u64::MAX),
+        at(Phase::Completed).unwrap_or(now_ms()),
+    );
+    let window = |from: u64, to: u64| -> Vec<u64> {
+        stamps.iter().copied().filter(|s| *s >= from && *s <= to).collect()
+    };
+    Ok(Report {
+        records: cfg.records as u64,
+        blue,
+        green,
+        duplicates,
+        missing,
+        wrong_side,
+        barrier,
+        status,
+        phases,
+        steady_gap_ms: largest_gap(window(first + 200, prepared.saturating_sub(200))),
+        cutover_gap_ms: largest_gap(window(prepared.saturating_sub(200), completed + 500)),
+        coordinator_kills: kills,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Fails unless the report shows an exact, completed cutover.
+pub fn check(report: &Report) -> Result<()> {
+    if report.status.phase() != Phase::Completed {
+        bail!(
+            "cutover did not complete: {:?} ({})",
+            report.status.phase(),
+            report.status.last_error
+        );
+    }
+    if report.status.active != GREEN {
+        bail!("green is not active: {}", report.status.active);
+    }
+    if !report.exact() {
+        bail!(
+            "not exact: {} duplicates, {} missing, {} on the wrong side of the barrier",
+            report.duplicates,
+            report.missing,
+            report.wrong_side
+        );
+    }
+    if report.blue.output == 0 || report.green.output == 0 {
+        bail!("one deployment emitted nothing: the cutover was not exercised");
+    }
+    Ok(())
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fmt_ts = |t: Option<i64>| t.map_or("-".into(), |t| format!("{t} (BASE+{})", t - BASE_MS));
+        writeln!(f, "sluice blue/green cutover of {PIPELINE}: {BLUE} -> {GREEN}")?;
+        writeln!(
+            f,
+            "  outcome      {:?}, active {}, epoch {}, barrier T = {}",
+            self.status.phase(),
+            self.status.active,
+            self.status.epoch,
+            fmt_ts(self.barrier)
+        )?;
+        writeln!(f, "  input        {} records, replayed by both deployments", self.records)?;
+        for (name, d) in [(BLUE, &self.blue), (GREEN, &self.green)] {
+            let range = d
+                .output_range
+                .map_or("-".into(), |(a, b)| format!("BASE+{}..=BASE+{}", a - BASE_MS, b - BASE_MS));
+            writeln!(
+                f,
+                "  {name:<12} sent {:>7}  admitted {:>7}  dropped {:>7}  output lines {:>7}  event times {range}",
+                d.sent, d.acked_admitted, d.acked_dropped, d.output
+            )?;
+        }
+        writeln!(
+            f,
+            "  merged       {} unique records, duplicates {}, missing {}, wrong side of T {}",
+            self.records - self.missing,
+            self.duplicates,
+            self.missing,
+            self.wrong_side
+        )?;
+        writeln!(f, "  phases (coordinator wall clock):")?;
+        let mut phases = self.phases.iter().peekable();
+        while let Some(p) = phases.next() {
+            let lasted = phases
+                .peek()
+                .map_or(String::new(), |n| format!(" for {} ms", n.at_ms.saturating_sub(p.at_ms)));
+            writeln!(
+                f,
+                "    {:<10} epoch {:<2}{lasted}  ({})",
+                format!("{:?}", p.phase),
+                p.epoch,
+                p.reason
+            )?;
+        }
+        writeln!(
+            f,
+            "  output gap   largest gap between consecutive output records: {} ms around the cutover, {} ms in steady state",
+            self.cutover_gap_ms, self.steady_gap_ms
+        )?;
+        if self.coordinator_kills > 0 {
+            writeln!(f, "  faults       coordinator killed -9 and restarted {} times", self.coordinator_kills)?;
+        }
+        write!(f, "  took         {:.1} s", self.elapsed.as_secs_f64())
+    }
+}
+
+/// Phase counts by name, for tests.
+pub fn phase_names(report: &Report) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for p in &report.phases {
+        *m.entry(format!("{:?}", p.phase)).or_insert(0) += 1;
+    }
+    m
+}
