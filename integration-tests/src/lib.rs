@@ -1,1 +1,13 @@
-//! placeholder
+//! sluice's integration tests and demo.
+//!
+//! - [`sim`]: the deterministic, seeded simulation of the barrier protocol (pure core, no I/O).
+//! - [`procs`]: starting the real `coordinator` and `gate-sidecar` binaries.
+//! - [`client`]: a native-frame client, doing what a Flink sink writer does.
+//! - [`scenario`]: the process-level blue/green cutover, counted record by record; used by the
+//!   `demo` binary and `tests/process.rs`.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod procs;
+pub mod scenario;
+pub mod sim;
