@@ -28,7 +28,12 @@ pub struct Acked {
 
 impl Channel {
     /// Connects and says hello.
-    pub async fn open(socket: &Path, pipeline: &str, deployment: &str, channel: &str) -> Result<Self> {
+    pub async fn open(
+        socket: &Path,
+        pipeline: &str,
+        deployment: &str,
+        channel: &str,
+    ) -> Result<Self> {
         let stream = UnixStream::connect(socket)
             .await
             .with_context(|| format!("cannot connect to {}", socket.display()))?;

@@ -15,7 +15,10 @@ use anyhow::{Context, Result, bail};
 /// The directory holding the workspace's binaries for the profile this program was built with.
 pub fn bin_dir() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot find the running executable")?;
-    let mut dir = exe.parent().context("executable has no directory")?.to_path_buf();
+    let mut dir = exe
+        .parent()
+        .context("executable has no directory")?
+        .to_path_buf();
     // Test executables live in target/<profile>/deps.
     if dir.file_name().is_some_and(|n| n == "deps") {
         dir.pop();
@@ -40,7 +43,15 @@ pub fn binary(name: &str) -> Result<PathBuf> {
 pub fn build_binaries(release: bool) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-q", "-p", "sluice-coordinator", "-p", "sluice-gate-sidecar", "--bins"]);
+    cmd.args([
+        "build",
+        "-q",
+        "-p",
+        "sluice-coordinator",
+        "-p",
+        "sluice-gate-sidecar",
+        "--bins",
+    ]);
     if release {
         cmd.arg("--release");
     }
@@ -68,7 +79,10 @@ impl Proc {
         let out = File::options().create(true).append(true).open(log)?;
         let child = Command::new(program)
             .args(args)
-            .env("RUST_LOG", std::env::var("SLUICE_CHILD_LOG").unwrap_or("info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("SLUICE_CHILD_LOG").unwrap_or("info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)

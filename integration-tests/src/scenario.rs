@@ -244,7 +244,8 @@ async fn run_channel(
         ch.records(Records { records: batch }).await?;
         // Every later record of this channel has a larger index, so an event time of at least
         // BASE + last + 1 - jitter: this watermark is never violated.
-        ch.watermark(BASE_MS + last as i64 - cfg.jitter_ms - 1).await?;
+        ch.watermark(BASE_MS + last as i64 - cfg.jitter_ms - 1)
+            .await?;
         if since_flush >= cfg.flush_every {
             ch.flush().await?;
             since_flush = 0;
@@ -260,7 +261,9 @@ async fn cutover_client(port: u16) -> Result<CutoverClient<GrpcChannel>> {
     loop {
         match CutoverClient::connect(format!("http://127.0.0.1:{port}")).await {
             Ok(c) => return Ok(c),
-            Err(e) if Instant::now() > deadline => return Err(e).context("cannot reach coordinator"),
+            Err(e) if Instant::now() > deadline => {
+                return Err(e).context("cannot reach coordinator");
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
@@ -367,7 +370,12 @@ impl Coordinator {
     fn crash_and_restart(&mut self, down_for: Duration) -> Result<()> {
         self.proc.kill();
         std::thread::sleep(down_for);
-        self.proc = Proc::spawn("coordinator", &binary("coordinator")?, &self.args, &self.log)?;
+        self.proc = Proc::spawn(
+            "coordinator",
+            &binary("coordinator")?,
+            &self.args,
+            &self.log,
+        )?;
         wait_for_tcp(([127, 0, 0, 1], self.port).into(), Duration::from_secs(20))
     }
 }
@@ -414,8 +422,8 @@ struct OutLine {
 }
 
 fn read_output(path: &Path) -> Result<Vec<OutLine>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     text.lines()
         .map(|l| serde_json::from_str(l).with_context(|| format!("bad output line {l}")))
         .collect()
@@ -456,7 +464,9 @@ pub async fn run(cfg: &ScenarioConfig) -> Result<Report> {
         (GREEN, cfg.green_channels, &green_sock, green_pace),
     ] {
         for c in 0..n {
-            let indices: Vec<usize> = (0..cfg.records).filter(|i| channel_of(*i, n) == c).collect();
+            let indices: Vec<usize> = (0..cfg.records)
+                .filter(|i| channel_of(*i, n) == c)
+                .collect();
             let (socket, times, cfg) = (socket.clone(), times.clone(), cfg.clone());
             clients.spawn(async move {
                 // Green's TaskManagers only connect once its slow bootstrap is over.
@@ -521,7 +531,11 @@ pub async fn run(cfg: &ScenarioConfig) -> Result<Report> {
     while let Some(joined) = clients.join_next().await {
         let (deployment, acked) = joined?;
         let acked = acked.with_context(|| format!("a {deployment} channel failed"))?;
-        let d = if deployment == BLUE { &mut blue } else { &mut green };
+        let d = if deployment == BLUE {
+            &mut blue
+        } else {
+            &mut green
+        };
         d.acked_admitted += acked.admitted;
         d.acked_dropped += acked.dropped;
     }
@@ -550,8 +564,10 @@ pub async fn run(cfg: &ScenarioConfig) -> Result<Report> {
     let green_lines = read_output(&green_out)?;
     let mut counts = vec![0u32; cfg.records];
     let mut wrong_side = 0;
-    for (lines, report, is_blue) in [(&blue_lines, &mut blue, true), (&green_lines, &mut green, false)]
-    {
+    for (lines, report, is_blue) in [
+        (&blue_lines, &mut blue, true),
+        (&green_lines, &mut green, false),
+    ] {
         report.output = lines.len() as u64;
         for l in lines.iter() {
             let i: usize = l.key.trim_start_matches('r').parse().context("bad key")?;
@@ -583,7 +599,11 @@ pub async fn run(cfg: &ScenarioConfig) -> Result<Report> {
         at(Phase::Completed).unwrap_or(now_ms()),
     );
     let window = |from: u64, to: u64| -> Vec<u64> {
-        stamps.iter().copied().filter(|s| *s >= from && *s <= to).collect()
+        stamps
+            .iter()
+            .copied()
+            .filter(|s| *s >= from && *s <= to)
+            .collect()
     };
     Ok(Report {
         records: cfg.records as u64,
@@ -630,8 +650,12 @@ pub fn check(report: &Report) -> Result<()> {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let fmt_ts = |t: Option<i64>| t.map_or("-".into(), |t| format!("{t} (BASE+{})", t - BASE_MS));
-        writeln!(f, "sluice blue/green cutover of {PIPELINE}: {BLUE} -> {GREEN}")?;
+        let fmt_ts =
+            |t: Option<i64>| t.map_or("-".into(), |t| format!("{t} (BASE+{})", t - BASE_MS));
+        writeln!(
+            f,
+            "sluice blue/green cutover of {PIPELINE}: {BLUE} -> {GREEN}"
+        )?;
         writeln!(
             f,
             "  outcome      {:?}, active {}, epoch {}, barrier T = {}",
@@ -640,11 +664,15 @@ impl fmt::Display for Report {
             self.status.epoch,
             fmt_ts(self.barrier)
         )?;
-        writeln!(f, "  input        {} records, replayed by both deployments", self.records)?;
+        writeln!(
+            f,
+            "  input        {} records, replayed by both deployments",
+            self.records
+        )?;
         for (name, d) in [(BLUE, &self.blue), (GREEN, &self.green)] {
-            let range = d
-                .output_range
-                .map_or("-".into(), |(a, b)| format!("BASE+{}..=BASE+{}", a - BASE_MS, b - BASE_MS));
+            let range = d.output_range.map_or("-".into(), |(a, b)| {
+                format!("BASE+{}..=BASE+{}", a - BASE_MS, b - BASE_MS)
+            });
             writeln!(
                 f,
                 "  {name:<12} sent {:>7}  admitted {:>7}  dropped {:>7}  output lines {:>7}  event times {range}",
@@ -662,9 +690,9 @@ impl fmt::Display for Report {
         writeln!(f, "  phases (coordinator wall clock):")?;
         let mut phases = self.phases.iter().peekable();
         while let Some(p) = phases.next() {
-            let lasted = phases
-                .peek()
-                .map_or(String::new(), |n| format!(" for {} ms", n.at_ms.saturating_sub(p.at_ms)));
+            let lasted = phases.peek().map_or(String::new(), |n| {
+                format!(" for {} ms", n.at_ms.saturating_sub(p.at_ms))
+            });
             writeln!(
                 f,
                 "    {:<10} epoch {:<2}{lasted}  ({})",
@@ -679,7 +707,11 @@ impl fmt::Display for Report {
             self.cutover_gap_ms, self.steady_gap_ms
         )?;
         if self.coordinator_kills > 0 {
-            writeln!(f, "  faults       coordinator killed -9 and restarted {} times", self.coordinator_kills)?;
+            writeln!(
+                f,
+                "  faults       coordinator killed -9 and restarted {} times",
+                self.coordinator_kills
+            )?;
         }
         write!(f, "  took         {:.1} s", self.elapsed.as_secs_f64())
     }

@@ -28,7 +28,10 @@ async fn run(kill: bool) {
         "the sidecars' own FlushAck counts agree with the files"
     );
     if kill {
-        assert!(report.coordinator_kills >= 1, "the coordinator was never killed");
+        assert!(
+            report.coordinator_kills >= 1,
+            "the coordinator was never killed"
+        );
     }
 }
 

@@ -36,7 +36,10 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let tmp = tempfile::tempdir().expect("cannot create a temporary directory");
-    let dir = args.work_dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let dir = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
     let mut cfg = scenario::ScenarioConfig::new(&dir);
     cfg.records = args.records;
     cfg.kill_coordinator = args.kill_coordinator;
@@ -61,7 +64,10 @@ fn main() -> ExitCode {
             }
         }
         Err(e) => {
-            eprintln!("demo failed: {e:#} (logs in {}; rerun with --work-dir to keep them)", dir.display());
+            eprintln!(
+                "demo failed: {e:#} (logs in {}; rerun with --work-dir to keep them)",
+                dir.display()
+            );
             ExitCode::FAILURE
         }
     }
