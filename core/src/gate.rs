@@ -157,6 +157,21 @@ impl GateCore {
         Self::default()
     }
 
+    /// A gate restarting after its process lost its state: fail closed like [`Self::new`], but
+    /// starting from `high_mark`, the largest event time any earlier incarnation of the same
+    /// gate may have decided (the sidecar persists such a ceiling before deciding above it).
+    ///
+    /// A plain [`Self::new`] after a crash would vote yes on a barrier below records its
+    /// predecessor already admitted (or dropped as a shadow), and the other deployment would then
+    /// admit them too (or never): the vote is only sound if the high mark covers every decision
+    /// ever made under this gate id.
+    pub fn resume(high_mark: Option<EventTime>) -> Self {
+        Self {
+            high_mark,
+            ..Self::default()
+        }
+    }
+
     /// The assignment in force, if any.
     pub fn assignment(&self) -> Option<&Assignment> {
         self.assignment.as_ref()
@@ -456,6 +471,23 @@ mod tests {
         };
         assert!(!no.yes, "a gate that already saw T must vote no");
         assert_eq!(no.high_mark, Some(T));
+    }
+
+    #[test]
+    fn a_resumed_gate_holds_everything_and_votes_on_its_predecessors_high_mark() {
+        let mut g = GateCore::resume(Some(T));
+        assert_eq!(g.decide(T - 1), HOLD, "fail closed until assigned");
+        assert_eq!(g.high_mark(), Some(T));
+        let Applied::Current { vote: Some(v) } = g.apply(Assignment {
+            version: 1,
+            epoch: 1,
+            admission: out(false),
+            late_policy: LatePolicy::Drop,
+        }) else {
+            panic!("prepare must yield a vote")
+        };
+        assert!(!v.yes, "the predecessor may have admitted a record at T");
+        assert_eq!(v.high_mark, Some(T));
     }
 
     #[test]

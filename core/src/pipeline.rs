@@ -795,12 +795,12 @@ impl Pipeline {
     }
 
     /// Minimum watermark over the connected, non-idle gates of a deployment; `Err` when one of
-    /// them has none yet.
+    /// them has none yet. A gate with no channel at all is idle: it has nothing to wait for.
     fn deployment_watermark(&self, deployment: &str) -> Result<Option<EventTime>, ()> {
         let mut min = None;
         for (_, l) in self.gates_of(deployment).filter(|(_, l)| l.conn.is_some()) {
             let p = l.progress;
-            if p.channels > 0 && p.idle_channels == p.channels {
+            if p.idle_channels == p.channels {
                 continue;
             }
             let w = p.watermark.ok_or(())?;
@@ -938,7 +938,9 @@ impl Pipeline {
         fx
     }
 
-    /// Every registered outgoing gate is connected and past `target` (or all its channels idle).
+    /// Every registered outgoing gate is connected and past `target` (or all its channels idle,
+    /// or it has none: a gate whose sink subtasks all finished, or that never had one, has
+    /// nothing left to emit and must not hold the drain up forever).
     fn drained(&self, target: EventTime) -> bool {
         let Some(active) = self.record.active.as_deref() else {
             return true;
@@ -949,7 +951,6 @@ impl Pipeline {
             .filter(|(_, l)| {
                 let p = l.progress;
                 l.conn.is_some()
-                    && p.channels > 0
                     && (p.idle_channels == p.channels || p.watermark.is_some_and(|w| w >= target))
             })
             .count();
@@ -1004,5 +1005,47 @@ impl Pipeline {
             }
         }
         fx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gate_without_channels_holds_up_neither_readiness_nor_the_drain() {
+        // b1 has no sink subtask (or all of its subtasks finished): nothing to wait for.
+        let live = GateProgress {
+            high_mark: Some(1_000),
+            watermark: Some(900),
+            channels: 1,
+            idle_channels: 0,
+        };
+        let mut p = Pipeline::new("ns/p", PipelineOptions::default(), 0);
+        let _ = p.attach("b0", "blue", 1, live, 0).unwrap();
+        let _ = p
+            .attach("b1", "blue", 1, GateProgress::default(), 0)
+            .unwrap();
+        let _ = p.attach("g0", "green", 1, live, 0).unwrap();
+        let _ = p
+            .attach("g1", "green", 1, GateProgress::default(), 0)
+            .unwrap();
+        let settings = Settings {
+            min_gates: 2,
+            ..Settings::default()
+        };
+        let _ = p.start_cutover("green", settings, 1).unwrap();
+        assert_eq!(p.record().phase(), Phase::Prepared, "ready without g1");
+        let epoch = p.record().epoch;
+        for g in ["b0", "b1", "g0", "g1"] {
+            let _ = p.vote(g, 1, epoch, true, None, 2);
+        }
+        assert_eq!(p.record().phase(), Phase::Committed);
+        let past = GateProgress {
+            watermark: Some(5_000),
+            ..live
+        };
+        let _ = p.progress("b0", 1, past, 3);
+        assert_eq!(p.record().phase(), Phase::Completed, "not waiting for b1");
     }
 }

@@ -54,7 +54,10 @@ fn barrier(p: &Pipeline) -> i64 {
 fn first_deployment_to_attach_is_active_and_others_stand_by() {
     let p = running();
     assert_eq!(p.record().active.as_deref(), Some(BLUE));
-    assert_eq!(p.assignment_for(BLUE).admission, Admission::Active { floor: None });
+    assert_eq!(
+        p.assignment_for(BLUE).admission,
+        Admission::Active { floor: None }
+    );
     assert_eq!(p.assignment_for(GREEN).admission, Admission::Standby);
 }
 
@@ -62,7 +65,16 @@ fn first_deployment_to_attach_is_active_and_others_stand_by() {
 fn full_cutover_prepares_above_every_high_mark_commits_on_all_yes_and_completes_on_drain() {
     let mut p = running();
     let _ = p.progress("g0", 1, progress(1_500, 800), 10);
-    let fx = p.start_cutover(GREEN, Settings { now: true, ..settings() }, 20).unwrap();
+    let fx = p
+        .start_cutover(
+            GREEN,
+            Settings {
+                now: true,
+                ..settings()
+            },
+            20,
+        )
+        .unwrap();
     assert!(fx.persist);
     assert_eq!(phases(&fx.events), vec![Phase::Waiting, Phase::Prepared]);
     let t = barrier(&p);
@@ -72,8 +84,7 @@ fn full_cutover_prepares_above_every_high_mark_commits_on_all_yes_and_completes_
     for (g, d) in [("b0", BLUE), ("b1", BLUE), ("g0", GREEN)] {
         let mut core = GateCore::new();
         core.observe(1_500);
-        let sluice_core::gate::Applied::Current { vote: Some(v) } =
-            core.apply(p.assignment_for(d))
+        let sluice_core::gate::Applied::Current { vote: Some(v) } = core.apply(p.assignment_for(d))
         else {
             panic!("no vote")
         };
@@ -84,7 +95,10 @@ fn full_cutover_prepares_above_every_high_mark_commits_on_all_yes_and_completes_
     assert_eq!(p.record().phase(), Phase::Committed);
     assert_eq!(
         p.assignment_for(GREEN).admission,
-        Admission::Incoming { barrier: t, committed: true }
+        Admission::Incoming {
+            barrier: t,
+            committed: true
+        }
     );
     // One blue gate past T is not enough.
     let _ = p.progress("b0", 1, progress(1_700, t), 40);
@@ -92,17 +106,32 @@ fn full_cutover_prepares_above_every_high_mark_commits_on_all_yes_and_completes_
     let fx = p.progress("b1", 1, progress(1_700, t + 5), 50);
     assert_eq!(phases(&fx.events), vec![Phase::Completed]);
     assert_eq!(p.record().active.as_deref(), Some(GREEN));
-    assert_eq!(p.assignment_for(GREEN).admission, Admission::Active { floor: Some(t) });
+    assert_eq!(
+        p.assignment_for(GREEN).admission,
+        Admission::Active { floor: Some(t) }
+    );
     assert_eq!(
         p.assignment_for(BLUE).admission,
-        Admission::Retired { floor: None, barrier: t }
+        Admission::Retired {
+            floor: None,
+            barrier: t
+        }
     );
 }
 
 #[test]
 fn a_no_vote_aborts_and_retries_with_a_new_epoch_above_the_reported_high_mark() {
     let mut p = running();
-    let _ = p.start_cutover(GREEN, Settings { now: true, ..settings() }, 0).unwrap();
+    let _ = p
+        .start_cutover(
+            GREEN,
+            Settings {
+                now: true,
+                ..settings()
+            },
+            0,
+        )
+        .unwrap();
     let (e1, t1) = (p.record().epoch, barrier(&p));
     let fx = p.vote("b1", 1, e1, false, Some(5_000), 1);
     assert_eq!(phases(&fx.events), vec![Phase::Aborted, Phase::Prepared]);
@@ -129,19 +158,41 @@ fn missing_votes_time_out_and_attempts_are_bounded() {
     let fx = p.tick(200);
     assert_eq!(phases(&fx.events), vec![Phase::Aborted]);
     assert!(p.record().plan().is_none());
-    assert!(p.record().last_error.as_deref().unwrap().contains("gave up after 2 attempts"));
-    assert_eq!(p.assignment_for(BLUE).admission, Admission::Active { floor: None });
+    assert!(
+        p.record()
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("gave up after 2 attempts")
+    );
+    assert_eq!(
+        p.assignment_for(BLUE).admission,
+        Admission::Active { floor: None }
+    );
 }
 
 #[test]
 fn a_disconnected_gate_still_blocks_the_commit() {
     let mut p = running();
     let _ = p.detach("b1", 1, 0);
-    let _ = p.start_cutover(GREEN, Settings { now: true, ..settings() }, 0).unwrap();
+    let _ = p
+        .start_cutover(
+            GREEN,
+            Settings {
+                now: true,
+                ..settings()
+            },
+            0,
+        )
+        .unwrap();
     let e = p.record().epoch;
     let _ = p.vote("b0", 1, e, true, None, 1);
     let _ = p.vote("g0", 1, e, true, None, 1);
-    assert_eq!(p.record().phase(), Phase::Prepared, "b1 may still be admitting");
+    assert_eq!(
+        p.record().phase(),
+        Phase::Prepared,
+        "b1 may still be admitting"
+    );
     // It comes back and votes: now the commit happens.
     let _ = p.attach("b1", BLUE, 2, progress(1_000, 900), 2).unwrap();
     let _ = p.vote("b1", 2, e, true, Some(1_000), 3);
@@ -151,8 +202,14 @@ fn a_disconnected_gate_still_blocks_the_commit() {
 #[test]
 fn waits_for_readiness_min_gates_and_watermark_lag() {
     let mut p = Pipeline::new("ns/p", PipelineOptions::default(), 0);
-    let _ = p.attach("b0", BLUE, 1, progress(10_000, 10_000), 0).unwrap();
-    let s = Settings { min_gates: 2, max_lag_ms: 1_000, ..settings() };
+    let _ = p
+        .attach("b0", BLUE, 1, progress(10_000, 10_000), 0)
+        .unwrap();
+    let s = Settings {
+        min_gates: 2,
+        max_lag_ms: 1_000,
+        ..settings()
+    };
     let _ = p.start_cutover(GREEN, s, 0).unwrap();
     assert_eq!(p.record().phase(), Phase::Waiting);
     let _ = p.attach("g0", GREEN, 1, progress(5_000, 5_000), 1).unwrap();
@@ -167,7 +224,11 @@ fn waits_for_readiness_min_gates_and_watermark_lag() {
 #[test]
 fn ready_timeout_gives_up() {
     let mut p = running();
-    let s = Settings { min_gates: 5, ready_timeout_ms: 1_000, ..settings() };
+    let s = Settings {
+        min_gates: 5,
+        ready_timeout_ms: 1_000,
+        ..settings()
+    };
     let _ = p.start_cutover(GREEN, s, 0).unwrap();
     let _ = p.tick(999);
     assert_eq!(p.record().phase(), Phase::Waiting);
@@ -182,13 +243,32 @@ fn requests_that_cannot_start_are_refused_by_cause() {
         p.start_cutover(BLUE, settings(), 0),
         Err(CutoverError::CandidateIsActive(BLUE.into()))
     );
-    assert_eq!(p.start_cutover("", settings(), 0), Err(CutoverError::EmptyCandidate));
+    assert_eq!(
+        p.start_cutover("", settings(), 0),
+        Err(CutoverError::EmptyCandidate)
+    );
     assert!(matches!(
-        p.start_cutover(GREEN, Settings { max_attempts: 0, ..settings() }, 0),
+        p.start_cutover(
+            GREEN,
+            Settings {
+                max_attempts: 0,
+                ..settings()
+            },
+            0
+        ),
         Err(CutoverError::Settings(_))
     ));
     assert_eq!(p.abort("x", 0), Err(CutoverError::NothingToAbort));
-    let _ = p.start_cutover(GREEN, Settings { min_gates: 9, ..settings() }, 0).unwrap();
+    let _ = p
+        .start_cutover(
+            GREEN,
+            Settings {
+                min_gates: 9,
+                ..settings()
+            },
+            0,
+        )
+        .unwrap();
     assert!(matches!(
         p.start_cutover(GREEN, settings(), 0),
         Err(CutoverError::AlreadyRunning { .. })
@@ -200,23 +280,48 @@ fn requests_that_cannot_start_are_refused_by_cause() {
 #[test]
 fn committed_cannot_be_aborted() {
     let mut p = running();
-    let _ = p.start_cutover(GREEN, Settings { now: true, ..settings() }, 0).unwrap();
+    let _ = p
+        .start_cutover(
+            GREEN,
+            Settings {
+                now: true,
+                ..settings()
+            },
+            0,
+        )
+        .unwrap();
     let e = p.record().epoch;
     for g in ["b0", "b1", "g0"] {
         let _ = p.vote(g, 1, e, true, None, 1);
     }
-    assert!(matches!(p.abort("late", 2), Err(CutoverError::AlreadyCommitted { .. })));
+    assert!(matches!(
+        p.abort("late", 2),
+        Err(CutoverError::AlreadyCommitted { .. })
+    ));
 }
 
 #[test]
 fn restart_in_prepared_aborts_and_retries_and_restart_in_committed_resumes() {
     let mut p = running();
-    let _ = p.start_cutover(GREEN, Settings { now: true, ..settings() }, 0).unwrap();
+    let _ = p
+        .start_cutover(
+            GREEN,
+            Settings {
+                now: true,
+                ..settings()
+            },
+            0,
+        )
+        .unwrap();
     let stored = p.record().clone();
     let (e, t) = (stored.epoch, barrier(&p));
     let (q, fx) = Pipeline::restore(stored, PipelineOptions::default(), 10);
     assert!(fx.persist);
-    assert_eq!(q.record().epoch, e + 1, "the undecided epoch is never committed");
+    assert_eq!(
+        q.record().epoch,
+        e + 1,
+        "the undecided epoch is never committed"
+    );
     assert!(barrier(&q) > t);
 
     for g in ["b0", "b1", "g0"] {
@@ -238,7 +343,10 @@ fn restart_in_prepared_aborts_and_retries_and_restart_in_committed_resumes() {
 
 #[test]
 fn gates_expire_after_being_disconnected_too_long() {
-    let opts = PipelineOptions { gate_expiry_ms: 1_000, ..PipelineOptions::default() };
+    let opts = PipelineOptions {
+        gate_expiry_ms: 1_000,
+        ..PipelineOptions::default()
+    };
     let mut p = Pipeline::new("ns/p", opts, 0);
     let _ = p.attach("b0", BLUE, 1, progress(1, 1), 0).unwrap();
     let _ = p.detach("b0", 1, 100);
@@ -251,7 +359,10 @@ fn gates_expire_after_being_disconnected_too_long() {
 #[test]
 fn a_gate_cannot_change_deployment_and_stale_detaches_are_ignored() {
     let mut p = running();
-    assert!(p.attach("b0", GREEN, 2, GateProgress::default(), 0).is_err());
+    assert!(
+        p.attach("b0", GREEN, 2, GateProgress::default(), 0)
+            .is_err()
+    );
     let _ = p.attach("b0", BLUE, 2, GateProgress::default(), 0).unwrap();
     let _ = p.detach("b0", 1, 1);
     assert_eq!(p.live()["b0"].conn, Some(2));
@@ -260,7 +371,16 @@ fn a_gate_cannot_change_deployment_and_stale_detaches_are_ignored() {
 #[test]
 fn rollback_after_completion_is_a_new_cutover_with_a_larger_barrier() {
     let mut p = running();
-    let _ = p.start_cutover(GREEN, Settings { now: true, ..settings() }, 0).unwrap();
+    let _ = p
+        .start_cutover(
+            GREEN,
+            Settings {
+                now: true,
+                ..settings()
+            },
+            0,
+        )
+        .unwrap();
     let (e, t) = (p.record().epoch, barrier(&p));
     for g in ["b0", "b1", "g0"] {
         let _ = p.vote(g, 1, e, true, None, 1);
@@ -269,10 +389,24 @@ fn rollback_after_completion_is_a_new_cutover_with_a_larger_barrier() {
         let _ = p.progress(g, 1, progress(t, t), 2);
     }
     assert_eq!(p.record().phase(), Phase::Completed);
-    let _ = p.start_cutover(BLUE, Settings { now: true, late_policy: LatePolicy::Drop, ..settings() }, 3).unwrap();
+    let _ = p
+        .start_cutover(
+            BLUE,
+            Settings {
+                now: true,
+                late_policy: LatePolicy::Drop,
+                ..settings()
+            },
+            3,
+        )
+        .unwrap();
     assert!(barrier(&p) > t);
     assert_eq!(
         p.assignment_for(GREEN).admission,
-        Admission::Outgoing { floor: Some(t), barrier: barrier(&p), committed: false }
+        Admission::Outgoing {
+            floor: Some(t),
+            barrier: barrier(&p),
+            committed: false
+        }
     );
 }

@@ -98,6 +98,9 @@ pub(crate) enum ChannelError {
     /// The sidecar is stopping.
     #[error("the sidecar is shutting down")]
     ShuttingDown,
+    /// The high-mark ceiling could not be persisted, so no record above it may be decided.
+    #[error("cannot persist the gate's high-mark ceiling")]
+    Ceiling(#[source] crate::ceiling::CeilingError),
     /// Reading the socket failed.
     #[error("socket read failed")]
     Socket(#[source] std::io::Error),
@@ -128,6 +131,7 @@ impl ChannelError {
             ChannelError::TooLarge(_) => ErrorCode::FrameTooLarge,
             ChannelError::SinkFailed(_) => ErrorCode::SinkFailed,
             ChannelError::ShuttingDown => ErrorCode::ShuttingDown,
+            ChannelError::Ceiling(_) => ErrorCode::Internal,
             ChannelError::Socket(_) | ChannelError::Send(_) => return None,
         })
     }
@@ -436,6 +440,10 @@ impl<S: Sink> Channel<S> {
         {
             let mut guard = self.gate.lock();
             let state = &mut *guard;
+            // The ceiling must cover a record before it can be decided (see `ceiling`).
+            if let Some(max) = incoming.iter().map(|r| r.event_time()).max() {
+                state.ceiling.cover(max).map_err(ChannelError::Ceiling)?;
+            }
             if !incoming.is_empty() {
                 state.tracker.on_record(&self.id, now);
                 state.counters.received += incoming.len() as u64;

@@ -90,6 +90,16 @@ pub struct Config {
     #[arg(long, env = "SLUICE_SINK_QUEUE", default_value_t = 64)]
     pub sink_queue: usize,
 
+    /// File keeping the gate's high-mark ceiling across restarts (put it on the pod's emptyDir).
+    /// Defaults to the socket path with `.highmark` appended.
+    #[arg(long, env = "SLUICE_HIGH_MARK_FILE")]
+    pub high_mark_file: Option<PathBuf>,
+
+    /// How far above a record's event time the persisted ceiling is raised, so it is written
+    /// about once per this much event time.
+    #[arg(long, env = "SLUICE_HIGH_MARK_STEP", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub high_mark_step: Duration,
+
     /// On shutdown, how long channels may take to get their admitted records acknowledged by
     /// the sink before they are closed regardless.
     #[arg(long, env = "SLUICE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -218,6 +228,11 @@ impl Config {
         }
         if self.socket.as_os_str().is_empty() {
             return Err(ConfigError::EmptySocket);
+        }
+        if self.high_mark_file.is_none() {
+            let mut file = self.socket.clone().into_os_string();
+            file.push(".highmark");
+            self.high_mark_file = Some(file.into());
         }
         if let Some(addr) = self.listen_tcp
             && !addr.ip().is_loopback()

@@ -18,6 +18,7 @@ use sluice_proto::convert::role_of;
 use sluice_proto::v1;
 use tokio::sync::watch;
 
+use crate::ceiling::Ceiling;
 use crate::counters::Counters;
 
 /// Who this gate is: the pipeline and deployment it serves, and its own id.
@@ -40,6 +41,8 @@ pub(crate) struct GateState {
     pub tracker: WatermarkTracker,
     /// Counters for progress reports.
     pub counters: Counters,
+    /// The persisted ceiling of decided event times.
+    pub ceiling: Ceiling,
 }
 
 /// The shared gate.
@@ -52,12 +55,14 @@ pub(crate) struct Gate {
 }
 
 impl Gate {
-    /// A fresh gate: no assignment, so every record is held (fail closed).
-    pub fn new(identity: GateIdentity, idle_timeout_ms: u64) -> Self {
+    /// A gate with no assignment, so every record is held (fail closed), whose high mark
+    /// starts at the persisted ceiling of any earlier incarnation.
+    pub fn new(identity: GateIdentity, idle_timeout_ms: u64, ceiling: Ceiling) -> Self {
         Self {
             identity,
             state: Mutex::new(GateState {
-                core: GateCore::new(),
+                core: GateCore::resume(ceiling.current()),
+                ceiling,
                 tracker: WatermarkTracker::new(idle_timeout_ms),
                 counters: Counters::default(),
             }),
@@ -163,15 +168,41 @@ mod tests {
     use super::*;
     use sluice_core::gate::{Admission, LatePolicy};
 
+    fn identity() -> GateIdentity {
+        GateIdentity {
+            pipeline: "a/b".into(),
+            deployment: "d".into(),
+            gate_id: "g".into(),
+        }
+    }
+
     fn gate() -> Gate {
-        Gate::new(
-            GateIdentity {
-                pipeline: "a/b".into(),
-                deployment: "d".into(),
-                gate_id: "g".into(),
+        let dir = tempfile::tempdir().unwrap();
+        let ceiling = Ceiling::load(&dir.path().join("hm"), 1_000).unwrap();
+        Gate::new(identity(), 1_000, ceiling)
+    }
+
+    #[test]
+    fn a_restarted_gate_starts_from_the_persisted_ceiling_and_votes_on_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hm");
+        let mut before = Ceiling::load(&path, 1_000).unwrap();
+        before.cover(5_000).unwrap();
+        // The sidecar crashes; its successor loads the same file.
+        let g = Gate::new(identity(), 1_000, Ceiling::load(&path, 1_000).unwrap());
+        assert_eq!(g.lock().core.high_mark(), Some(6_000));
+        let prepare = assignment(
+            1,
+            Admission::Outgoing {
+                floor: None,
+                barrier: 5_500,
+                committed: false,
             },
-            1_000,
-        )
+        );
+        let Applied::Current { vote: Some(v) } = g.lock().core.apply(prepare) else {
+            panic!("a prepare yields a vote")
+        };
+        assert!(!v.yes, "its predecessor may have decided up to 6000");
     }
 
     fn assignment(version: u64, admission: Admission) -> Assignment {

@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod ceiling;
 mod channel;
 pub mod config;
 mod control;

@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::ceiling::{Ceiling, CeilingError};
 use crate::channel::{self, ChannelSettings};
 use crate::config::{Config, ConfigError};
 use crate::control::{self, ControlSettings};
@@ -27,6 +28,9 @@ pub enum SidecarError {
     /// A setting is invalid.
     #[error("invalid configuration")]
     Config(#[from] ConfigError),
+    /// The persisted high-mark ceiling cannot be read.
+    #[error("cannot resume the gate's high mark")]
+    Ceiling(#[from] CeilingError),
     /// Neither a Unix nor a TCP listener was given.
     #[error("no listener: give a Unix socket or a TCP address")]
     NoListeners,
@@ -164,7 +168,16 @@ pub async fn run_with_sink<S: Sink>(
     log_startup(&config, &identity, &listeners, unix_path.as_deref());
 
     let idle_ms = u64::try_from(config.idle_timeout.as_millis()).unwrap_or(u64::MAX);
-    let gate = Arc::new(Gate::new(identity, idle_ms));
+    let path = config
+        .high_mark_file
+        .clone()
+        .expect("validated config names a high-mark file");
+    let step = i64::try_from(config.high_mark_step.as_millis()).unwrap_or(i64::MAX);
+    let ceiling = Ceiling::load(&path, step)?;
+    if let Some(c) = ceiling.current() {
+        tracing::info!(file = %path.display(), ceiling = c, "resuming with the high-mark ceiling of an earlier run");
+    }
+    let gate = Arc::new(Gate::new(identity, idle_ms, ceiling));
     let sink = Arc::new(sink);
     let settings = Arc::new(ChannelSettings {
         max_frame_bytes: config.max_frame_bytes,

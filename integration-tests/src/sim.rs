@@ -1,0 +1,2563 @@
+//! A deterministic, seeded discrete-event simulation of sluice's barrier protocol.
+//!
+//! The simulation drives the *real* pure core (`sluice_core`): the coordinator is a
+//! [`Pipeline`] plus a simulated store, every sidecar gate is a [`GateCore`] with a
+//! [`WatermarkTracker`] and one [`ChannelQueue`] per channel. Nothing of the protocol is
+//! re-implemented here; the simulation only supplies what the real binaries supply around the core
+//! (streams, clocks, clients, faults) and then checks the outcome against `DESIGN.md`.
+//!
+//! Determinism: one [`ChaCha8Rng`] seeded from the run's `u64` seed, a simulated clock in
+//! milliseconds, an event queue ordered by `(time, sequence number)` and only ordered maps. The
+//! same seed always replays the same run, which is what makes a failing seed a bug report.
+//!
+//! What one run does:
+//! - One input: records with unique ids and bounded out-of-order event times. Blue (production)
+//!   and green (candidate) both consume all of it, partitioned differently over their channels
+//!   (different gate and channel counts). Green starts late and replays from the beginning faster
+//!   than real time until it catches up.
+//! - Channels send watermarks (max event time sent minus the out-of-orderness bound), stall for a
+//!   while (silent or explicitly idle) and come back with their backlog, and signal the end of
+//!   their input (final `MAX` watermark, idle, or silence).
+//! - The coordinator follows the driver rule: after every input, persist first when asked, then
+//!   send every connected gate its full assignment. It ticks every ~100 ms, crashes and restarts
+//!   from its stored record (also right after entering waiting, prepared and committed).
+//! - Gate streams are FIFO with random delays; they break (both directions lose what is in
+//!   flight), votes get lost (a break right after the vote), one gate may be partitioned from the
+//!   coordinator for seconds, sidecars crash (held records go back to the client and are re-sent
+//!   to the restarted, fail-closed gate).
+//! - An orchestrator requests one to three cutovers (blue to green, then maybe a rollback, or a
+//!   retry after an abort) at random moments with random settings, maybe aborts one, and after
+//!   the last completion may tear the outgoing deployment down (its sinks send nothing new).
+//!
+//! Checks: after every persist (the coordinator never decides twice, versions and epochs never go
+//! back, the record never changes without `Effects::persist`, two assignments with one version
+//! never differ); at every completion (the drain never completes while an outgoing channel the
+//! coordinator counted as live still has unsent records below the barrier); on every decision
+//! (per-channel order, a record is decided at most once per deployment); and at the end: every
+//! record is admitted exactly once, by the deployment that owns its event time under the
+//! completed barriers, except that late copies may duplicate and late drops may lose.
+//!
+//! Sidecar behaviour the model assumes (`gate-sidecar` must match it, or exactly-once breaks):
+//! - A sidecar persists a high-mark ceiling before deciding a record above it and restarts with
+//!   [`GateCore::resume`]. A sidecar that restarts with [`GateCore::new`] votes yes on barriers
+//!   below records its predecessor already decided ([`SimConfig::forgetful_sidecars`]).
+//!
+//! Known gaps of the protocol the model exposes (counted, not failed, unless configured):
+//! - Idle outgoing channels are excluded from the drain, so "completed" does not mean the
+//!   outgoing deployment has nothing left to emit: tearing it down then loses the idle channels'
+//!   backlog whatever the late policy ([`SimReport::idle_lost`]), and a rollback makes the
+//!   returning deployment drop its own backlog as the other's ([`SimReport::returning_idle_lost`]).
+//!   [`SimConfig::strict_idle`] fails such runs.
+//! - The coordinator forgets a gate disconnected for `gate_expiry_ms`, but a partitioned sidecar
+//!   keeps deciding under its last assignment. By default partitions end before expiry;
+//!   [`SimConfig::expiry_partitions`] lets them outlast it (and runs fail).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sluice_core::EventTime;
+use sluice_core::channel::{ChannelQueue, Timed};
+use sluice_core::gate::{
+    AdmitKind, Applied, Assignment, Decision, DropReason, GateCore, LatePolicy, Vote,
+};
+use sluice_core::pipeline::{
+    Effects, Event, GateEventKind, GateProgress, Phase, Pipeline, PipelineOptions, PipelineRecord,
+    Settings, Stage,
+};
+use sluice_core::watermark::WatermarkTracker;
+
+const PIPELINE: &str = "sim/pipeline";
+/// Event times are realistic epoch milliseconds: record `i` produced at sim time `p` has event
+/// time `T0 + p - jitter`.
+const T0: EventTime = 1_700_000_000_000;
+
+/// Knobs of the simulation that are not drawn from the seed.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Fewest input records per run.
+    pub min_records: usize,
+    /// Most input records per run.
+    pub max_records: usize,
+    /// Multiplies every fault probability and rate; `0.0` turns faults off.
+    pub fault_rate: f64,
+    /// Sim time a run may take after its input is exhausted before it counts as "did not
+    /// terminate".
+    pub settle_limit_ms: u64,
+    /// Collect a human-readable event trace in [`SimReport::trace`] (slow; for one seed).
+    pub trace: bool,
+    /// Fail runs that lose records of a channel that was idle (excluded from the drain) when its
+    /// deployment handed over: to a teardown ([`SimReport::idle_lost`]) or to a rollback
+    /// ([`SimReport::returning_idle_lost`]). By default such losses are only counted; see the
+    /// module docs.
+    pub strict_idle: bool,
+    /// Model sidecars that lose their high mark in a crash (restart with [`GateCore::new`]) as
+    /// opposed to ones that persist a high-mark ceiling and restart with [`GateCore::resume`].
+    /// Forgetful sidecars break exactly-once: a restarted gate votes yes on a barrier below
+    /// records its predecessor already decided.
+    pub forgetful_sidecars: bool,
+    /// Let some gates' network partitions outlast the coordinator's gate expiry. An expired gate
+    /// no longer votes or holds up the drain, but a partitioned sidecar keeps deciding under its
+    /// last assignment (`DESIGN.md`: "an active gate keeps admitting"), which breaks
+    /// exactly-once; by default partitions end well before the gate would expire.
+    pub expiry_partitions: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            min_records: 300,
+            max_records: 2_000,
+            fault_rate: 1.0,
+            settle_limit_ms: 600_000,
+            trace: false,
+            strict_idle: false,
+            forgetful_sidecars: false,
+            expiry_partitions: false,
+        }
+    }
+}
+
+/// Faults injected into one run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Gate streams broken (any cause other than a coordinator crash).
+    pub stream_breaks: u32,
+    /// Votes lost (the stream broke right after the vote was sent).
+    pub lost_votes: u32,
+    /// Sidecar crashes.
+    pub sidecar_crashes: u32,
+    /// Records a crashed sidecar held and handed back to its client.
+    pub handed_back: u64,
+    /// Coordinator crashes.
+    pub coordinator_crashes: u32,
+    /// Coordinator crashes while the stored phase was waiting.
+    pub crashes_waiting: u32,
+    /// Coordinator crashes while the stored phase was prepared.
+    pub crashes_prepared: u32,
+    /// Coordinator crashes while the stored phase was committed.
+    pub crashes_committed: u32,
+    /// Channel stalls (silent or explicitly idle).
+    pub stalls: u32,
+    /// Messages lost in flight on broken streams.
+    pub messages_lost: u64,
+    /// Long network partitions of one gate (possibly past the coordinator's gate expiry).
+    pub partitions: u32,
+    /// Gates the coordinator forgot after `gate_expiry_ms` disconnected.
+    pub expired_gates: u32,
+}
+
+/// What one successful run did.
+#[derive(Debug, Clone)]
+pub struct SimReport {
+    /// The seed.
+    pub seed: u64,
+    /// Input records.
+    pub records: usize,
+    /// Blue gates and channels per gate.
+    pub blue_layout: Vec<usize>,
+    /// Green gates and channels per gate.
+    pub green_layout: Vec<usize>,
+    /// Records admitted by blue.
+    pub blue_admitted: u64,
+    /// Records admitted by green.
+    pub green_admitted: u64,
+    /// Records green dropped as late (policy `drop`).
+    pub late_dropped: u64,
+    /// Records green admitted as late (policy `admit-after-drain`).
+    pub late_admitted: u64,
+    /// Records in neither output because they were late and blue was torn down.
+    pub missing_late: u64,
+    /// Records in both outputs because one copy was a late admit.
+    pub duplicated_late: u64,
+    /// Records in neither output because their owner was torn down while their channel, idle
+    /// when it handed over, still had them (its backlog was excluded from the drain); the other
+    /// deployment dropped them as barrier, shadow or late records. Allowed unless
+    /// [`SimConfig::strict_idle`].
+    pub idle_lost: u64,
+    /// Records in neither output because a rollback made their owner the candidate again while
+    /// its channel, idle when it handed over, still had them: the candidate drops everything
+    /// below the new barrier as the other deployment's, and the other deployment never had them
+    /// (they were below its floor). A silent loss that `DESIGN.md` rules out ("never allowed to
+    /// silently lose records"); allowed here unless [`SimConfig::strict_idle`], and reported.
+    pub returning_idle_lost: u64,
+    /// Prepare attempts of the cutover.
+    pub attempts: u32,
+    /// "no" votes seen.
+    pub no_votes: u32,
+    /// The final phase (`Completed` or `Aborted`).
+    pub final_phase: Phase,
+    /// Whether the operator aborted the cutover.
+    pub operator_abort: bool,
+    /// The barrier of the last completed cutover, or the last proposed one.
+    pub barrier: Option<EventTime>,
+    /// Cutovers requested (a rollback or a retry may follow the first).
+    pub cutovers: usize,
+    /// Cutovers completed.
+    pub completions: usize,
+    /// Whether the last outgoing deployment was torn down after completion.
+    pub teardown: bool,
+    /// Whether the cutover was requested before green's gates started.
+    pub requested_before_green: bool,
+    /// Sim time at the end, ms.
+    pub sim_time_ms: u64,
+    /// Events processed.
+    pub events: u64,
+    /// Assignments a gate ignored as stale.
+    pub stale_assignments: u64,
+    /// Faults injected.
+    pub faults: Faults,
+    /// Phase history, one line per persisted phase change.
+    pub history: Vec<String>,
+    /// The event trace (only with [`SimConfig::trace`]).
+    pub trace: Vec<String>,
+}
+
+/// A failed run: which seed, and what went wrong.
+#[derive(Debug, Clone)]
+pub struct SimFailure {
+    /// The seed that reproduces the failure.
+    pub seed: u64,
+    /// What went wrong, with a short trace summary.
+    pub message: String,
+    /// The event trace (only with [`SimConfig::trace`]).
+    pub trace: Vec<String>,
+}
+
+impl fmt::Display for SimFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "sim seed {} failed: {}\n  re-run: cargo run -p sluice-integration-tests --bin sim -- --seed {} -v",
+            self.seed, self.message, self.seed
+        )
+    }
+}
+
+impl std::error::Error for SimFailure {}
+
+/// Runs one seeded simulation and checks it.
+pub fn run(seed: u64, cfg: &SimConfig) -> Result<SimReport, SimFailure> {
+    let mut sim = Sim::new(seed, cfg);
+    match sim.run_to_end().and_then(|()| sim.check_outcome()) {
+        Ok(()) => Ok(sim.report()),
+        Err(message) => {
+            let summary = sim.summary();
+            Err(SimFailure {
+                seed,
+                message: format!("{message}\n{summary}"),
+                trace: std::mem::take(&mut sim.trace),
+            })
+        }
+    }
+}
+
+// --- the world ------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Dep {
+    Blue,
+    Green,
+}
+
+impl Dep {
+    fn name(self) -> &'static str {
+        match self {
+            Dep::Blue => "blue",
+            Dep::Green => "green",
+        }
+    }
+
+    fn idx(self) -> usize {
+        self as usize
+    }
+}
+
+/// One input record as the source has it.
+#[derive(Debug, Clone, Copy)]
+struct Input {
+    /// Sim time at which blue's sink can emit it (green: see [`Sim::avail`]).
+    produced_ms: u64,
+    ts: EventTime,
+}
+
+/// A record as it travels through a channel.
+#[derive(Debug, Clone, Copy)]
+struct Rec {
+    id: u32,
+    ts: EventTime,
+    /// Position in its channel: arrival order.
+    seq: u32,
+}
+
+impl Timed for Rec {
+    fn event_time(&self) -> EventTime {
+        self.ts
+    }
+}
+
+/// What a channel's client does when its input is exhausted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EndMode {
+    /// Sends the end-of-input watermark (`i64::MAX`), then falls silent.
+    FinalMax,
+    /// Marks the channel idle.
+    Idle,
+    /// Just falls silent (idle after the timeout).
+    Silent,
+    /// Closes its connection (a finished sink subtask).
+    Close,
+}
+
+/// A channel: one sink subtask (the client) and its connection into a gate.
+#[derive(Debug)]
+struct Chan {
+    dep: Dep,
+    gate: usize,
+    /// Index of this channel within its gate.
+    slot: usize,
+    name: String,
+    /// Record ids routed to this channel, in source order (the index is the record's `seq`).
+    records: Vec<u32>,
+    /// Next record of `records` never sent yet.
+    next: usize,
+    /// Records a crashed sidecar handed back, re-sent first.
+    resend: VecDeque<Rec>,
+    max_ts_sent: Option<EventTime>,
+    last_wm_at: Option<u64>,
+    stalled: bool,
+    end: EndMode,
+    end_signalled: bool,
+    pending_wake: Option<u64>,
+    wake_gen: u64,
+    last_admitted_seq: Option<u32>,
+    closed: bool,
+    // What the gate's tracker should know of this channel (an independent model of
+    // `WatermarkTracker`, checked against it on every progress report):
+    /// The client is connected to the current sidecar incarnation.
+    attached: bool,
+    last_touch: u64,
+    idle_marked: bool,
+    wm_at_gate: Option<EventTime>,
+}
+
+/// A sidecar's gate for one deployment.
+#[derive(Debug)]
+struct Gate {
+    id: String,
+    dep: Dep,
+    chans: Vec<usize>,
+    alive: bool,
+    incarnation: u64,
+    core: GateCore,
+    tracker: WatermarkTracker,
+    queues: Vec<ChannelQueue<Rec>>,
+    /// What each queue holds, in order: the core's queue has no accessor, and a crashed sidecar
+    /// must hand exactly these records back to its clients.
+    mirrors: Vec<VecDeque<Rec>>,
+    /// The gate's current stream to the coordinator.
+    stream: Option<usize>,
+    connect_gen: u64,
+    /// The sidecar's persisted high-mark ceiling (survives crashes): raised, before a record
+    /// above it is decided, to that record's event time plus the scenario's step.
+    ceiling: Option<EventTime>,
+    /// No stream to the coordinator can be opened before this time (a network partition).
+    partitioned_until: u64,
+}
+
+/// One gRPC `Attach` stream.
+#[derive(Debug)]
+struct Stream {
+    gate: usize,
+    alive: bool,
+    /// Delivery time of the last message in each direction (FIFO per stream).
+    up_last: u64,
+    down_last: u64,
+}
+
+/// Gate → coordinator messages. `Vec<usize>` is simulation-only ground truth riding along with a
+/// progress report: the channels the gate counted as live (not idle) in it.
+#[derive(Debug, Clone)]
+enum Up {
+    Attach(GateProgress, Vec<usize>),
+    Progress(GateProgress, Vec<usize>),
+    Vote(Vote),
+}
+
+#[derive(Debug, Clone)]
+enum Ev {
+    CoordTick,
+    CoordCrash,
+    CoordRestart,
+    StartCutover,
+    OperatorAbort,
+    Up {
+        stream: usize,
+        msg: Up,
+    },
+    Down {
+        stream: usize,
+        assignment: Assignment,
+    },
+    CoordSeesBreak {
+        stream: usize,
+    },
+    GateSeesBreak {
+        stream: usize,
+    },
+    Connect {
+        gate: usize,
+        generation: u64,
+    },
+    Heartbeat {
+        gate: usize,
+        incarnation: u64,
+    },
+    Wake {
+        chan: usize,
+        generation: u64,
+    },
+    BreakFault,
+    Partition {
+        gate: usize,
+        len: u64,
+    },
+    SidecarCrash {
+        gate: usize,
+    },
+    SidecarRestart {
+        gate: usize,
+    },
+    GreenStart,
+    Teardown,
+    StallStart {
+        chan: usize,
+        explicit: bool,
+    },
+    StallEnd {
+        chan: usize,
+    },
+    ClientConnect {
+        chan: usize,
+        incarnation: u64,
+    },
+}
+
+/// How one deployment decided one record.
+#[derive(Debug, Clone, Copy)]
+struct DecLog {
+    decision: Decision,
+    at_ms: u64,
+    gate: usize,
+    version: Option<u64>,
+}
+
+/// Everything drawn from the seed before the run starts.
+#[derive(Debug, Clone)]
+struct Scenario {
+    spacing_ms: u64,
+    bound_ms: i64,
+    blue_layout: Vec<usize>,
+    green_layout: Vec<usize>,
+    green_start_ms: u64,
+    replay_speed: u64,
+    idle_timeout_ms: u64,
+    wm_interval_ms: u64,
+    heartbeat_ms: u64,
+    tick_ms: u64,
+    queue_limit: usize,
+    batch: usize,
+    frame_gap_ms: u64,
+    max_net_ms: u64,
+    spike_p: f64,
+    /// The cutovers the orchestrator requests, one after the other.
+    cutovers: Vec<CutoverSpec>,
+    /// Tear the outgoing deployment down this long after the last cutover completed.
+    teardown_after_ms: Option<u64>,
+    break_mean_ms: u64,
+    faults_until_ms: u64,
+    vote_loss_p: f64,
+    phase_sidecar_crash_p: f64,
+    phase_coord_crash_p: f64,
+    max_coord_crashes: u32,
+    gate_expiry_ms: u64,
+    ceiling_step_ms: i64,
+    /// A long network partition of one gate: (start, gate, length).
+    partition: Option<(u64, usize, u64)>,
+}
+
+/// One cutover request.
+#[derive(Debug, Clone)]
+struct CutoverSpec {
+    /// The first: absolute sim time; later ones: delay after the previous one ended.
+    start_ms: u64,
+    /// `min_gates` is clamped to the candidate's gate count when the request is made.
+    settings: Settings,
+    /// Abort it this long after it enters this phase.
+    abort_in: Option<(Phase, u64)>,
+}
+
+impl CutoverSpec {
+    fn random(rng: &mut ChaCha8Rng, start_ms: u64, fr: f64) -> Self {
+        let late_policy = if rng.random_bool(0.5) {
+            LatePolicy::Drop
+        } else {
+            LatePolicy::AdmitAfterDrain
+        };
+        let settings = Settings {
+            // Small margins make "no" votes (and any unsoundness of the vote) likely.
+            margin_ms: if rng.random_bool(0.3) {
+                rng.random_range(0..=50)
+            } else {
+                rng.random_range(0..=2_000)
+            },
+            drain_lateness_ms: rng.random_range(0..=1_000),
+            min_gates: rng.random_range(1..=4),
+            max_lag_ms: rng.random_range(200..=5_000),
+            prepare_timeout_ms: rng.random_range(500..=3_000),
+            max_attempts: rng.random_range(3..=8),
+            late_policy,
+            now: rng.random_bool(0.3),
+            ready_timeout_ms: if rng.random_bool(0.1) {
+                rng.random_range(2_000..=20_000)
+            } else {
+                0
+            },
+        };
+        let abort_in = rng.random_bool(0.12 * fr.min(1.0)).then(|| {
+            let phase = if rng.random_bool(0.5) {
+                Phase::Waiting
+            } else {
+                Phase::Prepared
+            };
+            (phase, rng.random_range(0..=1_500))
+        });
+        Self {
+            start_ms,
+            settings,
+            abort_in,
+        }
+    }
+}
+
+struct Sim<'a> {
+    seed: u64,
+    cfg: &'a SimConfig,
+    sc: Scenario,
+    rng: ChaCha8Rng,
+    now: u64,
+    seq: u64,
+    queue: BTreeMap<(u64, u64), Ev>,
+    events: u64,
+    limit_ms: u64,
+
+    inputs: Vec<Input>,
+    chans: Vec<Chan>,
+    gates: Vec<Gate>,
+    streams: Vec<Stream>,
+
+    options: PipelineOptions,
+    coord: Option<Pipeline>,
+    stored: PipelineRecord,
+    /// gate → the stream the coordinator accepted its attach on (mirrors `GateLive::conn`).
+    coord_conn: BTreeMap<usize, usize>,
+    /// gate → live channels of the last report the coordinator accepted from it.
+    shadow_live: BTreeMap<usize, Vec<usize>>,
+
+    /// Cutovers requested so far (index of the next one in `sc.cutovers`).
+    cutovers_started: usize,
+    /// Whether the last requested cutover is still running.
+    cutover_running: bool,
+    requested_before_green: bool,
+    green_started_at: Option<u64>,
+    /// The deployment torn down, and when.
+    teardown: Option<(Dep, u64)>,
+    abort_scheduled: bool,
+    operator_abort: bool,
+    coord_crashes: u32,
+
+    committed: BTreeMap<u64, EventTime>,
+    prepared: BTreeMap<u64, EventTime>,
+    sent_assignments: BTreeMap<(Dep, u64), Assignment>,
+    commit_at: Option<u64>,
+    /// Completed cutovers in order: the deployment that took over and the barrier.
+    completions: Vec<(Dep, EventTime)>,
+    /// The epoch committed by the running cutover, if any.
+    committed_this_cutover: Option<u64>,
+    attempts: u32,
+    no_votes: u32,
+    stale_assignments: u64,
+
+    /// Per record, how blue (`[0]`) and green (`[1]`) decided it.
+    dec: Vec<[Option<DecLog>; 2]>,
+    outputs: [Vec<u32>; 2],
+    late_dropped: u64,
+    late_admitted: u64,
+    missing_late: u64,
+    duplicated_late: u64,
+    idle_lost: u64,
+    returning_idle_lost: u64,
+    /// Blue's (`[0]`) and green's (`[1]`) channel of every record.
+    chan_of: Vec<[usize; 2]>,
+    /// Per completed cutover, the outgoing channels the coordinator did not count as live (idle)
+    /// when it completed the drain.
+    excused: Vec<Vec<usize>>,
+    faults: Faults,
+    history: Vec<String>,
+    trace: Vec<String>,
+}
+
+/// A 64-bit mix (splitmix64's finaliser): partitions records differently per deployment.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+fn fmt_ts(ts: Option<EventTime>) -> String {
+    match ts {
+        None => "-".into(),
+        Some(EventTime::MAX) => "MAX".into(),
+        Some(t) => format!("T0+{}", t - T0),
+    }
+}
+
+impl<'a> Sim<'a> {
+    fn new(seed: u64, cfg: &'a SimConfig) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let fr = cfg.fault_rate.max(0.0);
+
+        // --- input -----------------------------------------------------------------------
+        let n = rng.random_range(cfg.min_records..=cfg.max_records.max(cfg.min_records));
+        let spacing_ms = rng.random_range(15..=120u64);
+        let bound_ms = *[0i64, 50, 200, 500]
+            .get(rng.random_range(0..4usize))
+            .expect("index in range");
+        let mut inputs = Vec::with_capacity(n);
+        let mut p = rng.random_range(0..=spacing_ms);
+        for _ in 0..n {
+            let jitter = rng.random_range(0..=bound_ms);
+            inputs.push(Input {
+                produced_ms: p,
+                ts: T0 + p as EventTime - jitter,
+            });
+            p += rng.random_range(0..=2 * spacing_ms);
+        }
+        let input_end = inputs.last().map_or(0, |i| i.produced_ms);
+
+        // --- deployments -----------------------------------------------------------------
+        let blue_layout: Vec<usize> = (0..2).map(|_| rng.random_range(2..=3)).collect();
+        let green_gates = rng.random_range(1..=3);
+        let green_layout: Vec<usize> = (0..green_gates).map(|_| rng.random_range(1..=4)).collect();
+        let green_start_ms = rng.random_range(1_000..=(input_end * 6 / 10).max(2_000));
+        let replay_speed = rng.random_range(2..=8);
+
+        // --- the cutovers ----------------------------------------------------------------
+        // Mostly one; sometimes a rollback (or a retry after an abort) follows.
+        let count = match rng.random_range(0..10) {
+            0..=6 => 1,
+            7..=8 => 2,
+            _ => 3,
+        };
+        let mut cutovers = Vec::with_capacity(count);
+        for k in 0..count {
+            // The first mostly during the input, sometimes after it ended (high marks stop moving
+            // then); later ones some time after the previous one ended.
+            let start_ms = if k > 0 {
+                rng.random_range(0..=5_000)
+            } else if rng.random_bool(0.25) {
+                input_end + rng.random_range(0..=5_000)
+            } else {
+                rng.random_range(500..=input_end.max(1_000))
+            };
+            cutovers.push(CutoverSpec::random(&mut rng, start_ms, fr));
+        }
+        let teardown_after_ms = rng.random_bool(0.4).then(|| rng.random_range(0..=3_000));
+
+        let partition = rng.random_bool((0.1 * fr).min(1.0));
+        let break_mean_ms = if fr > 0.0 {
+            (rng.random_range(2_000..=20_000u64) as f64 / fr) as u64
+        } else {
+            0
+        };
+        let sc = Scenario {
+            spacing_ms,
+            bound_ms,
+            blue_layout,
+            green_layout,
+            green_start_ms,
+            replay_speed,
+            idle_timeout_ms: rng.random_range(500..=2_000),
+            wm_interval_ms: rng.random_range(100..=300),
+            heartbeat_ms: 200,
+            tick_ms: 100,
+            queue_limit: rng.random_range(5..=100),
+            batch: rng.random_range(1..=16),
+            frame_gap_ms: rng.random_range(5..=20),
+            max_net_ms: rng.random_range(2..=40),
+            spike_p: 0.02,
+            cutovers,
+            teardown_after_ms,
+            break_mean_ms,
+            faults_until_ms: input_end + 30_000,
+            vote_loss_p: (rng.random_range(0.0..0.3) * fr).min(0.9),
+            phase_sidecar_crash_p: (0.15 * fr).min(1.0),
+            phase_coord_crash_p: (0.2 * fr).min(1.0),
+            max_coord_crashes: if fr > 0.0 { rng.random_range(0..=4) } else { 0 },
+            gate_expiry_ms: if partition {
+                rng.random_range(10_000..=30_000)
+            } else {
+                120_000
+            },
+            ceiling_step_ms: *[0i64, 1_000, 10_000]
+                .get(rng.random_range(0..3usize))
+                .expect("index in range"),
+            partition: None,
+        };
+
+        // --- channels and gates ----------------------------------------------------------
+        let mut gates = Vec::new();
+        let mut chans = Vec::new();
+        let options = PipelineOptions {
+            auto_activate: true,
+            gate_expiry_ms: sc.gate_expiry_ms,
+        };
+        for (dep, layout) in [(Dep::Blue, &sc.blue_layout), (Dep::Green, &sc.green_layout)] {
+            let first_chan = chans.len();
+            for (gi, &nch) in layout.iter().enumerate() {
+                let g = gates.len();
+                let mut gate = Gate {
+                    id: format!("{}-{gi}", dep.name()),
+                    dep,
+                    chans: vec![],
+                    alive: false,
+                    incarnation: 0,
+                    core: GateCore::new(),
+                    tracker: WatermarkTracker::new(sc.idle_timeout_ms),
+                    queues: vec![],
+                    mirrors: vec![],
+                    stream: None,
+                    connect_gen: 0,
+                    ceiling: None,
+                    partitioned_until: 0,
+                };
+                for slot in 0..nch {
+                    let end = match rng.random_range(0..4) {
+                        0 => EndMode::FinalMax,
+                        1 => EndMode::Idle,
+                        2 => EndMode::Silent,
+                        _ => EndMode::Close,
+                    };
+                    gate.chans.push(chans.len());
+                    gate.queues.push(ChannelQueue::new(sc.queue_limit));
+                    gate.mirrors.push(VecDeque::new());
+                    chans.push(Chan {
+                        dep,
+                        gate: g,
+                        slot,
+                        name: format!("c{slot}"),
+                        records: vec![],
+                        next: 0,
+                        resend: VecDeque::new(),
+                        max_ts_sent: None,
+                        last_wm_at: None,
+                        stalled: false,
+                        end,
+                        end_signalled: false,
+                        pending_wake: None,
+                        wake_gen: 0,
+                        last_admitted_seq: None,
+                        closed: false,
+                        attached: false,
+                        last_touch: 0,
+                        idle_marked: false,
+                        wm_at_gate: None,
+                    });
+                }
+                gates.push(gate);
+            }
+            // The same input, partitioned by a deployment-specific hash.
+            let count = chans.len() - first_chan;
+            let salt = (dep.idx() as u64 + 1) << 40;
+            for id in 0..n {
+                let c = first_chan + (mix(id as u64 ^ salt) % count as u64) as usize;
+                chans[c].records.push(id as u32);
+            }
+        }
+
+        let mut sc = sc;
+        if partition {
+            // Around the cutover. Noticing the break and reconnecting take up to ~4.5 s more, so
+            // by default the gate is back before the coordinator would forget it.
+            let len = if cfg.expiry_partitions {
+                rng.random_range(sc.gate_expiry_ms / 2..=sc.gate_expiry_ms * 2)
+            } else {
+                rng.random_range(sc.gate_expiry_ms / 8..=sc.gate_expiry_ms / 2 - 1_000)
+            };
+            let first = sc.cutovers[0].start_ms;
+            let start = first.saturating_sub(rng.random_range(0..=sc.gate_expiry_ms));
+            sc.partition = Some((start.max(500), rng.random_range(0..gates.len()), len));
+        }
+        let green_end = inputs
+            .last()
+            .map_or(0, |i| green_start_ms + i.produced_ms / replay_speed)
+            .max(input_end);
+        let cutovers_ms: u64 = sc.cutovers.iter().map(|c| c.start_ms).sum();
+        let limit_ms = green_end.max(cutovers_ms) + cfg.settle_limit_ms * sc.cutovers.len() as u64;
+        let mut sim = Sim {
+            seed,
+            cfg,
+            sc,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BTreeMap::new(),
+            events: 0,
+            limit_ms,
+            inputs,
+            chans,
+            gates,
+            streams: vec![],
+            options,
+            coord: Some(Pipeline::new(PIPELINE, options, 0)),
+            stored: PipelineRecord::new(PIPELINE, 0),
+            coord_conn: BTreeMap::new(),
+            shadow_live: BTreeMap::new(),
+            cutovers_started: 0,
+            cutover_running: false,
+            requested_before_green: false,
+            green_started_at: None,
+            teardown: None,
+            abort_scheduled: false,
+            operator_abort: false,
+            coord_crashes: 0,
+            committed: BTreeMap::new(),
+            prepared: BTreeMap::new(),
+            sent_assignments: BTreeMap::new(),
+            commit_at: None,
+            completions: vec![],
+            committed_this_cutover: None,
+            attempts: 0,
+            no_votes: 0,
+            stale_assignments: 0,
+            dec: vec![[None, None]; n],
+            outputs: [vec![], vec![]],
+            late_dropped: 0,
+            late_admitted: 0,
+            missing_late: 0,
+            duplicated_late: 0,
+            idle_lost: 0,
+            returning_idle_lost: 0,
+            chan_of: vec![],
+            excused: vec![],
+            faults: Faults::default(),
+            history: vec![],
+            trace: vec![],
+        };
+        sim.chan_of = vec![[0; 2]; n];
+        for (c, ch) in sim.chans.iter().enumerate() {
+            for &id in &ch.records {
+                sim.chan_of[id as usize][ch.dep.idx()] = c;
+            }
+        }
+        sim.schedule_initial(input_end, fr);
+        sim
+    }
+
+    fn schedule_initial(&mut self, input_end: u64, fr: f64) {
+        self.at(0, Ev::CoordTick);
+        // Blue starts at once: its gates attach (and are auto-activated), its clients send.
+        for g in 0..self.gates.len() {
+            if self.gates[g].dep == Dep::Blue {
+                self.start_gate(g);
+            }
+        }
+        self.at(self.sc.green_start_ms, Ev::GreenStart);
+        if let Some((t, gate, len)) = self.sc.partition {
+            self.at(t, Ev::Partition { gate, len });
+        }
+        self.at(self.sc.cutovers[0].start_ms, Ev::StartCutover);
+        if self.sc.break_mean_ms > 0 {
+            let t = self.rng.random_range(0..=2 * self.sc.break_mean_ms);
+            self.at(t, Ev::BreakFault);
+        }
+        if fr > 0.0 {
+            // A sidecar that restarts shortly before the cutover: its new incarnation votes on
+            // what it has seen since, not on what its predecessor decided.
+            if self.rng.random_bool((0.3 * fr).min(1.0)) {
+                // Mostly early enough to be back (and attached, with its fresh progress) when
+                // the barrier is chosen.
+                let before = self.rng.random_range(0..=6_000);
+                let t = self.sc.cutovers[0].start_ms.saturating_sub(before).max(300);
+                let g = self.rng.random_range(0..self.gates.len());
+                self.at(t, Ev::SidecarCrash { gate: g });
+            }
+            let crashes = self.rng.random_range(0..=3u32);
+            for _ in 0..crashes {
+                let t = self.rng.random_range(300..=input_end.max(301));
+                let g = self.rng.random_range(0..self.gates.len());
+                self.at(t, Ev::SidecarCrash { gate: g });
+            }
+            let crashes = self.rng.random_range(0..=2u32);
+            for _ in 0..crashes {
+                let t = self.rng.random_range(1_000..=input_end.max(1_001));
+                self.at(t, Ev::CoordCrash);
+            }
+        }
+        for c in 0..self.chans.len() {
+            if self.rng.random_bool((0.3 * fr).min(1.0)) {
+                for _ in 0..self.rng.random_range(1..=2) {
+                    let start = self.rng.random_range(0..=input_end);
+                    let len = self.rng.random_range(500..=8_000);
+                    let explicit = self.rng.random_bool(0.5);
+                    self.at(start, Ev::StallStart { chan: c, explicit });
+                    self.at(start + len, Ev::StallEnd { chan: c });
+                }
+            }
+        }
+    }
+
+    // --- the event loop -------------------------------------------------------------------
+
+    fn at(&mut self, t: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.insert((t.max(self.now), self.seq), ev);
+    }
+
+    fn after(&mut self, delay: u64, ev: Ev) {
+        self.at(self.now + delay, ev);
+    }
+
+    fn tr(&mut self, f: impl FnOnce() -> String) {
+        if self.cfg.trace {
+            let line = format!("{:>8} {}", self.now, f());
+            self.trace.push(line);
+        }
+    }
+
+    fn run_to_end(&mut self) -> Result<(), String> {
+        self.tr_scenario();
+        while let Some(((t, _), ev)) = self.queue.pop_first() {
+            if t > self.limit_ms {
+                return Err(format!(
+                    "did not terminate within {} ms of sim time: phase {:?}, {}",
+                    self.limit_ms,
+                    self.stored.phase(),
+                    self.pending_summary()
+                ));
+            }
+            self.now = t;
+            self.events += 1;
+            self.handle(ev)?;
+            if self.done() {
+                return Ok(());
+            }
+        }
+        Err("event queue ran dry before the run ended".into())
+    }
+
+    fn tr_scenario(&mut self) {
+        if !self.cfg.trace {
+            return;
+        }
+        let sc = format!("{:?}", self.sc);
+        let n = self.inputs.len();
+        self.tr(|| format!("scenario: {n} records, {sc}"));
+    }
+
+    fn done(&self) -> bool {
+        if self.cutovers_started < self.sc.cutovers.len()
+            || self.cutover_running
+            || self.green_started_at.is_none()
+        {
+            return false;
+        }
+        if !matches!(
+            self.stored.stage,
+            Stage::Steady {
+                last: Phase::Completed | Phase::Aborted
+            }
+        ) {
+            return false;
+        }
+        self.gates
+            .iter()
+            .all(|g| g.alive && g.mirrors.iter().all(|m| m.is_empty()))
+            && (0..self.chans.len()).all(|c| self.chan_finished(c) && self.chans[c].end_signalled)
+    }
+
+    /// What keeps the run from ending (for "did not terminate").
+    fn pending_summary(&self) -> String {
+        let unsent: usize = self
+            .chans
+            .iter()
+            .map(|c| c.records.len() - c.next + c.resend.len())
+            .sum();
+        let held: usize = self
+            .gates
+            .iter()
+            .flat_map(|g| g.mirrors.iter())
+            .map(|m| m.len())
+            .sum();
+        let dead: Vec<&str> = self
+            .gates
+            .iter()
+            .filter(|g| !g.alive)
+            .map(|g| g.id.as_str())
+            .collect();
+        format!(
+            "cutovers started {}/{}, coordinator {}, {unsent} records unsent, {held} held, dead gates {dead:?}",
+            self.cutovers_started,
+            self.sc.cutovers.len(),
+            if self.coord.is_some() { "up" } else { "down" }
+        )
+    }
+
+    fn handle(&mut self, ev: Ev) -> Result<(), String> {
+        match ev {
+            Ev::CoordTick => {
+                let tick = self.sc.tick_ms;
+                self.after(tick, Ev::CoordTick);
+                let now = self.now;
+                if let Some(p) = self.coord.as_mut() {
+                    let fx = p.tick(now);
+                    self.after_input(fx)?;
+                }
+            }
+            Ev::CoordCrash => self.coord_crash(),
+            Ev::CoordRestart => {
+                let (p, fx) = Pipeline::restore(self.stored.clone(), self.options, self.now);
+                self.coord = Some(p);
+                self.tr(|| "coordinator restarted from its stored record".into());
+                self.after_input(fx)?;
+            }
+            Ev::StartCutover => self.start_cutover()?,
+            Ev::OperatorAbort => {
+                let now = self.now;
+                let Some(p) = self.coord.as_mut() else {
+                    self.after(200, Ev::OperatorAbort);
+                    return Ok(());
+                };
+                match p.abort("simulated operator", now) {
+                    Ok(fx) => {
+                        self.operator_abort = true;
+                        self.tr(|| "operator abort accepted".into());
+                        self.after_input(fx)?;
+                    }
+                    Err(e) => self.tr(|| format!("operator abort refused: {e}")),
+                }
+            }
+            Ev::Up { stream, msg } => self.deliver_up(stream, msg)?,
+            Ev::Down { stream, assignment } => {
+                if !self.streams[stream].alive {
+                    self.faults.messages_lost += 1;
+                    return Ok(());
+                }
+                let g = self.streams[stream].gate;
+                if self.gates[g].stream == Some(stream) {
+                    self.gate_apply(g, stream, assignment)?;
+                }
+            }
+            Ev::CoordSeesBreak { stream } => {
+                let g = self.streams[stream].gate;
+                if self.coord.is_some() && self.coord_conn.get(&g) == Some(&stream) {
+                    self.coord_conn.remove(&g);
+                    let now = self.now;
+                    let id = self.gates[g].id.clone();
+                    let fx = self
+                        .coord
+                        .as_mut()
+                        .expect("checked")
+                        .detach(&id, stream as u64, now);
+                    self.after_input(fx)?;
+                }
+            }
+            Ev::GateSeesBreak { stream } => {
+                let g = self.streams[stream].gate;
+                if self.gates[g].stream == Some(stream) {
+                    self.gates[g].stream = None;
+                    let backoff = self.rng.random_range(50..=2_000);
+                    self.schedule_connect(g, backoff);
+                }
+            }
+            Ev::Connect { gate, generation } => self.connect(gate, generation)?,
+            Ev::Heartbeat { gate, incarnation } => {
+                let g = &self.gates[gate];
+                if !g.alive || g.incarnation != incarnation {
+                    return Ok(());
+                }
+                if let Some(s) = g.stream {
+                    let (p, live) = self.progress(gate)?;
+                    self.send_up(s, Up::Progress(p, live));
+                }
+                let d = self.sc.heartbeat_ms - 50 + self.rng.random_range(0..=100);
+                self.after(d, Ev::Heartbeat { gate, incarnation });
+            }
+            Ev::Wake { chan, generation } => {
+                if self.chans[chan].wake_gen == generation {
+                    self.chans[chan].pending_wake = None;
+                    self.chan_wake(chan)?;
+                }
+            }
+            Ev::BreakFault => {
+                if self.now < self.sc.faults_until_ms {
+                    let t = self.rng.random_range(0..=2 * self.sc.break_mean_ms);
+                    self.after(t, Ev::BreakFault);
+                }
+                let open: Vec<usize> = self.gates.iter().filter_map(|g| g.stream).collect();
+                if !open.is_empty() {
+                    let s = open[self.rng.random_range(0..open.len())];
+                    self.break_stream(s);
+                }
+            }
+            Ev::Partition { gate, len } => {
+                self.faults.partitions += 1;
+                self.gates[gate].partitioned_until = self.now + len;
+                let id = self.gates[gate].id.clone();
+                self.tr(|| format!("{id} is partitioned from the coordinator for {len} ms"));
+                if let Some(s) = self.gates[gate].stream {
+                    self.break_stream(s);
+                }
+            }
+            Ev::SidecarCrash { gate } => self.sidecar_crash(gate),
+            Ev::SidecarRestart { gate } => {
+                self.start_gate(gate);
+                let id = self.gates[gate].id.clone();
+                self.tr(|| format!("{id} restarted (fail closed)"));
+            }
+            Ev::GreenStart => {
+                if self.stored.active.is_none() {
+                    // Green must not be the first to attach (it would be auto-activated).
+                    self.after(500, Ev::GreenStart);
+                    return Ok(());
+                }
+                self.green_started_at = Some(self.now);
+                self.tr(|| "green starts, replaying from the beginning".into());
+                for g in 0..self.gates.len() {
+                    if self.gates[g].dep == Dep::Green {
+                        self.start_gate(g);
+                    }
+                }
+            }
+            Ev::Teardown => {
+                let dep = match &self.stored.retired {
+                    Some(r) if r.deployment == Dep::Blue.name() => Dep::Blue,
+                    _ => Dep::Green,
+                };
+                self.teardown = Some((dep, self.now));
+                self.tr(|| format!("{} torn down: its sinks send nothing new", dep.name()));
+            }
+            Ev::StallStart { chan, explicit } => {
+                if self.chans[chan].stalled {
+                    return Ok(());
+                }
+                self.faults.stalls += 1;
+                self.chans[chan].stalled = true;
+                let g = self.chans[chan].gate;
+                if explicit && self.gates[g].alive && self.chans[chan].attached {
+                    self.chan_idle(chan);
+                }
+                let gid = self.gates[g].id.clone();
+                let name = self.chans[chan].name.clone();
+                self.tr(|| format!("{gid}/{name} stalls (explicit idle: {explicit})"));
+            }
+            Ev::ClientConnect { chan, incarnation } => {
+                let g = self.chans[chan].gate;
+                // A sink subtask that finished and closed its connection does not come back.
+                let gone = self.chans[chan].closed
+                    && self.chans[chan].end_signalled
+                    && self.chan_finished(chan);
+                if self.gates[g].alive && self.gates[g].incarnation == incarnation && !gone {
+                    let now = self.now;
+                    let name = self.chans[chan].name.clone();
+                    self.gates[g].tracker.on_open(&name, now);
+                    let ch = &mut self.chans[chan];
+                    ch.attached = true;
+                    ch.closed = false;
+                    ch.last_touch = now;
+                    ch.idle_marked = false;
+                    ch.wm_at_gate = None;
+                    // The client re-signals the end of its input to the new sidecar, if it had.
+                    ch.end_signalled = false;
+                    self.wake_at(chan, now);
+                }
+            }
+            Ev::StallEnd { chan } => {
+                if self.chans[chan].stalled {
+                    self.chans[chan].stalled = false;
+                    let now = self.now;
+                    self.wake_at(chan, now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // --- the coordinator ------------------------------------------------------------------
+
+    /// The driver rule: persist first when asked, then hand every connected gate its assignment.
+    fn after_input(&mut self, fx: Effects) -> Result<(), String> {
+        for e in &fx.events {
+            match e {
+                Event::PhaseChanged {
+                    phase,
+                    epoch,
+                    barrier,
+                    reason,
+                } => {
+                    self.history.push(format!(
+                        "@{} {phase:?} e{epoch} T={} ({reason})",
+                        self.now,
+                        fmt_ts(*barrier)
+                    ));
+                }
+                Event::Vote { yes: false, .. } => self.no_votes += 1,
+                Event::Gate {
+                    kind: GateEventKind::Expired,
+                    ..
+                } => self.faults.expired_gates += 1,
+                _ => {}
+            }
+            if self.cfg.trace {
+                let line = format!("coordinator: {e:?}");
+                self.tr(|| line);
+            }
+        }
+        let p = self
+            .coord
+            .as_ref()
+            .expect("after_input needs a running coordinator");
+        if !fx.persist {
+            if p.record() != &self.stored {
+                return Err(format!(
+                    "the pipeline record changed without Effects.persist: stored {:?}, now {:?}",
+                    self.stored,
+                    p.record()
+                ));
+            }
+            return Ok(());
+        }
+        let rec = p.record().clone();
+        self.check_persist(&rec)?;
+        let previous = std::mem::replace(&mut self.stored, rec);
+        self.on_stored(&previous)?;
+        let targets: Vec<(usize, usize)> = self.coord_conn.iter().map(|(g, s)| (*g, *s)).collect();
+        for (g, s) in targets {
+            self.send_assignment(g, s)?;
+        }
+        Ok(())
+    }
+
+    /// Checks a record about to be persisted against everything persisted before it.
+    fn check_persist(&mut self, rec: &PipelineRecord) -> Result<(), String> {
+        let prev = &self.stored;
+        if rec.version < prev.version || rec.epoch < prev.epoch {
+            return Err(format!(
+                "persisted state went backwards: version {} -> {}, epoch {} -> {}",
+                prev.version, rec.version, prev.epoch, rec.epoch
+            ));
+        }
+        if let Some(plan) = rec.plan() {
+            self.attempts = self.attempts.max(plan.attempt);
+        }
+        match &rec.stage {
+            Stage::Prepared { barrier, .. } => {
+                if let Some(t) = self.prepared.insert(rec.epoch, *barrier)
+                    && t != *barrier
+                {
+                    return Err(format!(
+                        "epoch {} prepared with two barriers: {} and {}",
+                        rec.epoch,
+                        fmt_ts(Some(t)),
+                        fmt_ts(Some(*barrier))
+                    ));
+                }
+                if let Some(t) = self.committed.get(&rec.epoch) {
+                    return Err(format!(
+                        "epoch {} was committed at {} and is prepared again",
+                        rec.epoch,
+                        fmt_ts(Some(*t))
+                    ));
+                }
+            }
+            Stage::Committed { barrier, .. } => {
+                if let Some(t) = self.prepared.get(&rec.epoch)
+                    && t != barrier
+                {
+                    return Err(format!(
+                        "epoch {} prepared at {} but committed at {}",
+                        rec.epoch,
+                        fmt_ts(Some(*t)),
+                        fmt_ts(Some(*barrier))
+                    ));
+                }
+                if let Some(t) = self.committed.insert(rec.epoch, *barrier)
+                    && t != *barrier
+                {
+                    return Err(format!(
+                        "decided twice: epoch {} committed at {} and at {}",
+                        rec.epoch,
+                        fmt_ts(Some(t)),
+                        fmt_ts(Some(*barrier))
+                    ));
+                }
+                match self.committed_this_cutover {
+                    Some(e) if e != rec.epoch => {
+                        return Err(format!(
+                            "decided twice: one cutover committed epochs {e} and {}",
+                            rec.epoch
+                        ));
+                    }
+                    _ => self.committed_this_cutover = Some(rec.epoch),
+                }
+            }
+            Stage::Steady { .. } | Stage::Waiting { .. } => {}
+        }
+        // A committed epoch is final: the only way on is completion with its barrier.
+        if let Stage::Committed { barrier, plan } = &prev.stage {
+            let same = matches!(&rec.stage, Stage::Committed { barrier: b, .. } if b == barrier)
+                && rec.epoch == prev.epoch;
+            let completed = rec.phase() == Phase::Completed
+                && rec.epoch == prev.epoch
+                && rec.last_barrier == Some(*barrier)
+                && rec.floor == Some(*barrier)
+                && rec.active.as_deref() == Some(plan.candidate.as_str())
+                && rec.retired.as_ref().map(|r| r.deployment.as_str()) == prev.active.as_deref();
+            if !same && !completed {
+                return Err(format!(
+                    "decided twice: epoch {} was committed at {} and then the pipeline became \
+                     {:?} at epoch {} (active {:?}, floor {}, last barrier {})",
+                    prev.epoch,
+                    fmt_ts(Some(*barrier)),
+                    rec.phase(),
+                    rec.epoch,
+                    rec.active,
+                    fmt_ts(rec.floor),
+                    fmt_ts(rec.last_barrier)
+                ));
+            }
+        }
+        if prev.plan().is_some() && rec.plan().is_none() {
+            if rec.phase() == Phase::Aborted && self.committed_this_cutover.is_some() {
+                return Err(format!(
+                    "the cutover aborted after committing epoch {:?}",
+                    self.committed_this_cutover
+                ));
+            }
+            self.committed_this_cutover = None;
+        }
+        if matches!(rec.stage, Stage::Waiting { .. })
+            && matches!(prev.stage, Stage::Prepared { .. } | Stage::Committed { .. })
+        {
+            return Err(format!("went back from {:?} to waiting", prev.phase()));
+        }
+        Ok(())
+    }
+
+    /// Reacts to a newly persisted record: phase-triggered faults, operator actions, the next
+    /// cutover, checks.
+    fn on_stored(&mut self, previous: &PipelineRecord) -> Result<(), String> {
+        let phase = self.stored.phase();
+        let entered = phase != previous.phase() || self.stored.epoch != previous.epoch;
+        if !entered {
+            return Ok(());
+        }
+        let spec = self
+            .cutovers_started
+            .checked_sub(1)
+            .and_then(|k| self.sc.cutovers.get(k))
+            .cloned();
+        if let Some((target, delay)) = spec.as_ref().and_then(|s| s.abort_in)
+            && target == phase
+            && self.cutover_running
+            && !self.abort_scheduled
+        {
+            self.abort_scheduled = true;
+            self.after(delay, Ev::OperatorAbort);
+        }
+        if matches!(phase, Phase::Waiting | Phase::Prepared | Phase::Committed) {
+            if self.coord_crashes < self.sc.max_coord_crashes
+                && self.rng.random_bool(self.sc.phase_coord_crash_p)
+            {
+                let d = self.rng.random_range(0..=400);
+                self.after(d, Ev::CoordCrash);
+            }
+            if phase != Phase::Waiting && self.rng.random_bool(self.sc.phase_sidecar_crash_p) {
+                let d = self.rng.random_range(0..=500);
+                let g = self.rng.random_range(0..self.gates.len());
+                self.after(d, Ev::SidecarCrash { gate: g });
+            }
+        }
+        // A commit whose drain completes within the same input is persisted as completed only.
+        if matches!(phase, Phase::Committed | Phase::Completed) && self.commit_at.is_none() {
+            self.commit_at = Some(self.now);
+        }
+        if previous.plan().is_some() && self.stored.plan().is_none() && self.cutover_running {
+            // The running cutover ended (completed, gave up or aborted).
+            self.cutover_running = false;
+            let last = self.cutovers_started == self.sc.cutovers.len();
+            if phase == Phase::Completed {
+                let t = self.stored.last_barrier.expect("completed has a barrier");
+                let to = if self.stored.active.as_deref() == Some(Dep::Blue.name()) {
+                    Dep::Blue
+                } else {
+                    Dep::Green
+                };
+                let from = if to == Dep::Blue {
+                    Dep::Green
+                } else {
+                    Dep::Blue
+                };
+                self.completions.push((to, t));
+                self.check_drain(from, t)?;
+                if last && let Some(d) = self.sc.teardown_after_ms {
+                    self.after(d, Ev::Teardown);
+                }
+            }
+            if !last {
+                let d = self.sc.cutovers[self.cutovers_started].start_ms;
+                self.after(d, Ev::StartCutover);
+            }
+        }
+        Ok(())
+    }
+
+    /// At completion, every outgoing channel the coordinator counted as live must have sent all
+    /// its records below the barrier: otherwise the drain completed early and the outgoing
+    /// deployment, torn down now, would lose records that are not late by any definition.
+    fn check_drain(&mut self, outgoing: Dep, barrier: EventTime) -> Result<(), String> {
+        let mut excused = Vec::new();
+        for (g, gate) in self.gates.iter().enumerate() {
+            if gate.dep != outgoing {
+                continue;
+            }
+            let live = self.shadow_live.get(&g).cloned().unwrap_or_default();
+            excused.extend(gate.chans.iter().filter(|c| !live.contains(c)));
+            if !self.stored.gates.contains_key(&gate.id) {
+                continue;
+            }
+            for &c in &live {
+                let ch = &self.chans[c];
+                let unsent = ch
+                    .resend
+                    .iter()
+                    .map(|r| (r.id, r.ts))
+                    .chain(
+                        ch.records[ch.next..]
+                            .iter()
+                            .map(|&id| (id, self.inputs[id as usize].ts)),
+                    )
+                    .find(|(_, ts)| *ts < barrier);
+                if let Some((id, ts)) = unsent {
+                    return Err(format!(
+                        "drain completed early: outgoing channel {}/{} was reported live and \
+                         still had record {id} (ts {}) below the barrier {} unsent",
+                        gate.id,
+                        ch.name,
+                        fmt_ts(Some(ts)),
+                        fmt_ts(Some(barrier))
+                    ));
+                }
+            }
+        }
+        self.excused.push(excused);
+        Ok(())
+    }
+
+    fn coord_crash(&mut self) {
+        if self.coord.is_none() {
+            return;
+        }
+        self.coord = None;
+        self.coord_crashes += 1;
+        self.faults.coordinator_crashes += 1;
+        match self.stored.phase() {
+            Phase::Waiting => self.faults.crashes_waiting += 1,
+            Phase::Prepared => self.faults.crashes_prepared += 1,
+            Phase::Committed => self.faults.crashes_committed += 1,
+            _ => {}
+        }
+        let phase = self.stored.phase();
+        self.tr(|| format!("coordinator crashes (stored phase {phase:?})"));
+        for s in 0..self.streams.len() {
+            if self.streams[s].alive {
+                self.streams[s].alive = false;
+                let d = self.rng.random_range(1..=50);
+                self.after(d, Ev::GateSeesBreak { stream: s });
+            }
+        }
+        self.coord_conn.clear();
+        self.shadow_live.clear();
+        let down = self.rng.random_range(200..=3_000);
+        self.after(down, Ev::CoordRestart);
+    }
+
+    fn start_cutover(&mut self) -> Result<(), String> {
+        let now = self.now;
+        let active = match self.stored.active.as_deref() {
+            Some(a) if a == Dep::Blue.name() => Some(Dep::Blue),
+            Some(_) => Some(Dep::Green),
+            None => None,
+        };
+        // The orchestrator retries until the coordinator is up and a deployment is in
+        // production (the first request is always blue to green).
+        let first = self.cutovers_started == 0;
+        let ok = self.coord.is_some() && active.is_some() && (!first || active == Some(Dep::Blue));
+        if !ok {
+            self.after(300, Ev::StartCutover);
+            return Ok(());
+        }
+        let candidate = if active == Some(Dep::Blue) {
+            Dep::Green
+        } else {
+            Dep::Blue
+        };
+        let spec = self.sc.cutovers[self.cutovers_started].clone();
+        let gates = self.gates.iter().filter(|g| g.dep == candidate).count() as u32;
+        let settings = Settings {
+            min_gates: spec.settings.min_gates.min(gates),
+            ..spec.settings
+        };
+        let p = self.coord.as_mut().expect("checked");
+        match p.start_cutover(candidate.name(), settings, now) {
+            Ok(fx) => {
+                self.cutovers_started += 1;
+                self.cutover_running = true;
+                self.abort_scheduled = false;
+                if first {
+                    self.requested_before_green = self.green_started_at.is_none();
+                }
+                self.tr(|| format!("cutover to {} requested: {settings:?}", candidate.name()));
+                self.after_input(fx)
+            }
+            Err(e) => Err(format!("start_cutover refused: {e}")),
+        }
+    }
+
+    fn deliver_up(&mut self, s: usize, msg: Up) -> Result<(), String> {
+        if !self.streams[s].alive {
+            self.faults.messages_lost += 1;
+            return Ok(());
+        }
+        let g = self.streams[s].gate;
+        let id = self.gates[g].id.clone();
+        let dep = self.gates[g].dep.name();
+        let now = self.now;
+        let p = self
+            .coord
+            .as_mut()
+            .expect("a live stream implies a running coordinator");
+        match msg {
+            Up::Attach(progress, live) => {
+                let fx = p
+                    .attach(&id, dep, s as u64, progress, now)
+                    .map_err(|e| format!("attach of {id} refused: {e}"))?;
+                self.coord_conn.insert(g, s);
+                self.shadow_live.insert(g, live);
+                let persisted = fx.persist;
+                self.after_input(fx)?;
+                // An attach always gets the current assignment; a persist already sent it.
+                if !persisted && self.coord_conn.get(&g) == Some(&s) {
+                    self.send_assignment(g, s)?;
+                }
+            }
+            Up::Progress(progress, live) => {
+                if self.coord_conn.get(&g) == Some(&s) {
+                    self.shadow_live.insert(g, live);
+                }
+                let fx = p.progress(&id, s as u64, progress, now);
+                self.after_input(fx)?;
+            }
+            Up::Vote(v) => {
+                let fx = p.vote(&id, s as u64, v.epoch, v.yes, v.high_mark, now);
+                self.after_input(fx)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn send_assignment(&mut self, g: usize, s: usize) -> Result<(), String> {
+        let dep = self.gates[g].dep;
+        let a = self
+            .coord
+            .as_ref()
+            .expect("sending needs a coordinator")
+            .assignment_for(dep.name());
+        if let Some(prev) = self.sent_assignments.insert((dep, a.version), a)
+            && prev != a
+        {
+            return Err(format!(
+                "two different assignments with version {} for {}: {prev:?} and {a:?}",
+                a.version,
+                dep.name()
+            ));
+        }
+        self.send_down(s, a);
+        Ok(())
+    }
+
+    // --- the network ------------------------------------------------------------------------
+
+    fn net_delay(&mut self) -> u64 {
+        if self.rng.random_bool(self.sc.spike_p) {
+            self.rng.random_range(50..=400)
+        } else {
+            self.rng.random_range(1..=self.sc.max_net_ms)
+        }
+    }
+
+    fn send_up(&mut self, s: usize, msg: Up) {
+        let t = (self.now + self.net_delay()).max(self.streams[s].up_last);
+        self.streams[s].up_last = t;
+        self.at(t, Ev::Up { stream: s, msg });
+    }
+
+    fn send_down(&mut self, s: usize, assignment: Assignment) {
+        let t = (self.now + self.net_delay()).max(self.streams[s].down_last);
+        self.streams[s].down_last = t;
+        self.at(
+            t,
+            Ev::Down {
+                stream: s,
+                assignment,
+            },
+        );
+    }
+
+    fn break_stream(&mut self, s: usize) {
+        if !self.streams[s].alive {
+            return;
+        }
+        self.streams[s].alive = false;
+        self.faults.stream_breaks += 1;
+        let g = self.streams[s].gate;
+        let id = self.gates[g].id.clone();
+        self.tr(|| format!("stream {s} of {id} breaks"));
+        let d1 = self.rng.random_range(1..=300);
+        let d2 = self.rng.random_range(1..=300);
+        self.after(d1, Ev::CoordSeesBreak { stream: s });
+        self.after(d2, Ev::GateSeesBreak { stream: s });
+    }
+
+    // --- gates ------------------------------------------------------------------------------
+
+    /// Brings a gate (back) up: fresh, fail-closed core, channels reconnect, attach, heartbeats.
+    fn start_gate(&mut self, g: usize) {
+        let idle = self.sc.idle_timeout_ms;
+        let limit = self.sc.queue_limit;
+        let gate = &mut self.gates[g];
+        gate.alive = true;
+        gate.incarnation += 1;
+        gate.core = if self.cfg.forgetful_sidecars {
+            GateCore::new()
+        } else {
+            GateCore::resume(gate.ceiling)
+        };
+        gate.tracker = WatermarkTracker::new(idle);
+        for q in gate.queues.iter_mut() {
+            *q = ChannelQueue::new(limit);
+        }
+        let incarnation = gate.incarnation;
+        let chans = gate.chans.clone();
+        for &c in &chans {
+            // Each sink subtask notices the new sidecar and reconnects in its own time: until
+            // then the gate does not know the channel at all.
+            self.chans[c].attached = false;
+            let d = self.rng.random_range(0..=1_500);
+            self.after(
+                d,
+                Ev::ClientConnect {
+                    chan: c,
+                    incarnation,
+                },
+            );
+        }
+        let d = self.rng.random_range(0..=20);
+        self.schedule_connect(g, d);
+        let hb = self.rng.random_range(0..=self.sc.heartbeat_ms);
+        self.after(
+            hb,
+            Ev::Heartbeat {
+                gate: g,
+                incarnation,
+            },
+        );
+    }
+
+    fn schedule_connect(&mut self, g: usize, delay: u64) {
+        self.gates[g].connect_gen += 1;
+        let generation = self.gates[g].connect_gen;
+        self.after(
+            delay,
+            Ev::Connect {
+                gate: g,
+                generation,
+            },
+        );
+    }
+
+    fn connect(&mut self, g: usize, generation: u64) -> Result<(), String> {
+        let gate = &self.gates[g];
+        if !gate.alive || gate.connect_gen != generation || gate.stream.is_some() {
+            return Ok(());
+        }
+        if self.coord.is_none() || self.now < gate.partitioned_until {
+            let wait = gate.partitioned_until.saturating_sub(self.now);
+            let backoff = wait + self.rng.random_range(100..=1_500);
+            self.schedule_connect(g, backoff);
+            return Ok(());
+        }
+        let s = self.streams.len();
+        self.streams.push(Stream {
+            gate: g,
+            alive: true,
+            up_last: 0,
+            down_last: 0,
+        });
+        self.gates[g].stream = Some(s);
+        let (p, live) = self.progress(g)?;
+        let id = self.gates[g].id.clone();
+        self.tr(|| format!("{id} opens stream {s}"));
+        self.send_up(s, Up::Attach(p, live));
+        Ok(())
+    }
+
+    fn chan_watermark(&mut self, c: usize, wm: EventTime) {
+        let now = self.now;
+        let ch = &mut self.chans[c];
+        self.gates[ch.gate].tracker.on_watermark(&ch.name, wm, now);
+        ch.last_touch = now;
+        ch.idle_marked = false;
+        ch.wm_at_gate = Some(ch.wm_at_gate.map_or(wm, |w| w.max(wm)));
+    }
+
+    fn chan_idle(&mut self, c: usize) {
+        let ch = &mut self.chans[c];
+        self.gates[ch.gate].tracker.on_idle(&ch.name);
+        ch.idle_marked = true;
+    }
+
+    fn chan_close(&mut self, c: usize) {
+        let ch = &mut self.chans[c];
+        self.gates[ch.gate].tracker.on_close(&ch.name);
+        ch.closed = true;
+    }
+
+    /// The model's view of a channel at its gate: (tracked, live).
+    fn chan_state(&self, c: usize) -> (bool, bool) {
+        let ch = &self.chans[c];
+        let live = ch.attached
+            && !ch.idle_marked
+            && self.now.saturating_sub(ch.last_touch) < self.sc.idle_timeout_ms;
+        // A closed channel is forgotten once idle.
+        (ch.attached && (!ch.closed || live), live)
+    }
+
+    /// The gate's progress report, checked against the model of its channels; also returns the
+    /// channels it counts as live (simulation-only ground truth for the drain check).
+    fn progress(&mut self, g: usize) -> Result<(GateProgress, Vec<usize>), String> {
+        let now = self.now;
+        let clock = self.gates[g].tracker.clock(now);
+        let mut tracked = 0;
+        let mut idle = 0;
+        let mut live = Vec::new();
+        let mut wm: Option<Option<EventTime>> = None;
+        for &c in &self.gates[g].chans {
+            let (t, l) = self.chan_state(c);
+            tracked += u32::from(t);
+            idle += u32::from(t && !l);
+            if l {
+                live.push(c);
+                let w = self.chans[c].wm_at_gate;
+                wm = Some(match wm {
+                    None => w,
+                    Some(m) => m.zip(w).map(|(a, b)| a.min(b)),
+                });
+            }
+        }
+        let expected = (tracked, idle, wm.flatten());
+        if (clock.channels, clock.idle_channels, clock.watermark) != expected {
+            return Err(format!(
+                "watermark tracker of {} reports (channels, idle, watermark) = {:?}, the model \
+                 expects {:?}",
+                self.gates[g].id,
+                (clock.channels, clock.idle_channels, clock.watermark),
+                expected
+            ));
+        }
+        let p = GateProgress {
+            high_mark: self.gates[g].core.high_mark(),
+            watermark: clock.watermark,
+            channels: clock.channels,
+            idle_channels: clock.idle_channels,
+        };
+        Ok((p, live))
+    }
+
+    fn gate_apply(&mut self, g: usize, s: usize, a: Assignment) -> Result<(), String> {
+        match self.gates[g].core.apply(a) {
+            Applied::Stale => {
+                self.stale_assignments += 1;
+            }
+            Applied::Current { vote } => {
+                if let Some(v) = vote {
+                    let id = self.gates[g].id.clone();
+                    self.tr(|| format!("{id} applies {a:?} and votes {v:?}"));
+                    self.send_up(s, Up::Vote(v));
+                    if self.rng.random_bool(self.sc.vote_loss_p) {
+                        self.faults.lost_votes += 1;
+                        self.break_stream(s);
+                    }
+                } else if self.cfg.trace {
+                    let id = self.gates[g].id.clone();
+                    self.tr(|| format!("{id} applies {a:?}"));
+                }
+            }
+        }
+        for slot in 0..self.gates[g].chans.len() {
+            self.drain_slot(g, slot)?;
+        }
+        let now = self.now;
+        for c in self.gates[g].chans.clone() {
+            self.wake_at(c, now);
+        }
+        Ok(())
+    }
+
+    /// Decides what the head of one channel's queue allows.
+    fn drain_slot(&mut self, g: usize, slot: usize) -> Result<(), String> {
+        let mut out = Vec::new();
+        {
+            let gate = &mut self.gates[g];
+            gate.queues[slot].drain(&gate.core, |r, d| out.push((r, d)));
+        }
+        for (r, d) in out {
+            let m = self.gates[g].mirrors[slot].pop_front();
+            if m.map(|m| m.id) != Some(r.id) {
+                return Err(format!(
+                    "channel queue of {} released record {} but {:?} was at its head",
+                    self.gates[g].id,
+                    r.id,
+                    m.map(|m| m.id)
+                ));
+            }
+            self.decided(g, slot, r, d)?;
+        }
+        Ok(())
+    }
+
+    fn decided(&mut self, g: usize, slot: usize, r: Rec, d: Decision) -> Result<(), String> {
+        let gate = &self.gates[g];
+        let dep = gate.dep;
+        let c = gate.chans[slot];
+        let log = DecLog {
+            decision: d,
+            at_ms: self.now,
+            gate: g,
+            version: gate.core.assignment().map(|a| a.version),
+        };
+        if let Some(prev) = self.dec[r.id as usize][dep.idx()] {
+            return Err(format!(
+                "record {} decided twice by {}: {prev:?} then {log:?}",
+                r.id,
+                dep.name()
+            ));
+        }
+        self.dec[r.id as usize][dep.idx()] = Some(log);
+        match d {
+            Decision::Admit(kind) => {
+                let ch = &mut self.chans[c];
+                if ch.last_admitted_seq.is_some_and(|s| s >= r.seq) {
+                    return Err(format!(
+                        "channel {}/{} admitted record {} (seq {}) after seq {:?}: out of order",
+                        self.gates[g].id, ch.name, r.id, r.seq, ch.last_admitted_seq
+                    ));
+                }
+                ch.last_admitted_seq = Some(r.seq);
+                self.outputs[dep.idx()].push(r.id);
+                if kind == AdmitKind::Late {
+                    self.late_admitted += 1;
+                }
+            }
+            Decision::Drop(DropReason::Late) => self.late_dropped += 1,
+            Decision::Drop(_) => {}
+            Decision::Hold => return Err("the queue released a held record".into()),
+        }
+        Ok(())
+    }
+
+    fn sidecar_crash(&mut self, g: usize) {
+        let torn = self.teardown.is_some_and(|(d, _)| d == self.gates[g].dep);
+        if !self.gates[g].alive || torn {
+            return;
+        }
+        self.faults.sidecar_crashes += 1;
+        let gate = &mut self.gates[g];
+        gate.alive = false;
+        gate.incarnation += 1;
+        let mut handed = 0;
+        for slot in 0..gate.chans.len() {
+            let c = gate.chans[slot];
+            self.chans[c].attached = false;
+            let held = std::mem::take(&mut gate.mirrors[slot]);
+            handed += held.len() as u64;
+            let ch = &mut self.chans[c];
+            // Held records were sent before anything still waiting to be re-sent.
+            let mut resend = held;
+            resend.append(&mut ch.resend);
+            ch.resend = resend;
+        }
+        self.faults.handed_back += handed;
+        let id = gate.id.clone();
+        let stream = gate.stream.take();
+        self.tr(|| format!("{id} crashes, handing back {handed} records"));
+        if let Some(s) = stream {
+            // The process is gone: the coordinator sees the stream end; nobody on the gate side.
+            if self.streams[s].alive {
+                self.streams[s].alive = false;
+                let d = self.rng.random_range(1..=300);
+                self.after(d, Ev::CoordSeesBreak { stream: s });
+            }
+        }
+        let d = self.rng.random_range(300..=3_000);
+        self.after(d, Ev::SidecarRestart { gate: g });
+    }
+
+    // --- channel clients --------------------------------------------------------------------
+
+    /// When the channel's client can hand record `id` to its sidecar.
+    fn avail(&self, dep: Dep, id: u32) -> u64 {
+        let p = self.inputs[id as usize].produced_ms;
+        match dep {
+            Dep::Blue => p,
+            Dep::Green => {
+                let start = self.green_started_at.unwrap_or(u64::MAX / 4);
+                (start + p / self.sc.replay_speed).max(p)
+            }
+        }
+    }
+
+    /// A torn-down deployment sends nothing new (what it already sent, held or handed back, it
+    /// does).
+    fn source_open(&self, c: usize) -> bool {
+        self.teardown.is_none_or(|(d, _)| d != self.chans[c].dep)
+    }
+
+    fn chan_finished(&self, c: usize) -> bool {
+        let ch = &self.chans[c];
+        ch.resend.is_empty() && (ch.next == ch.records.len() || !self.source_open(c))
+    }
+
+    fn wake_at(&mut self, c: usize, t: u64) {
+        let ch = &mut self.chans[c];
+        if ch.pending_wake.is_some_and(|p| p <= t) {
+            return;
+        }
+        ch.wake_gen += 1;
+        ch.pending_wake = Some(t);
+        let generation = ch.wake_gen;
+        self.at(
+            t,
+            Ev::Wake {
+                chan: c,
+                generation,
+            },
+        );
+    }
+
+    /// The client's loop: send a frame of records if the gate reads, a watermark when due, the
+    /// end-of-input signal when done; then sleep until there is something to do.
+    fn chan_wake(&mut self, c: usize) -> Result<(), String> {
+        let now = self.now;
+        let (g, slot, dep) = (self.chans[c].gate, self.chans[c].slot, self.chans[c].dep);
+        if !self.gates[g].alive
+            || !self.chans[c].attached
+            || self.chans[c].stalled
+            || self.chans[c].closed
+        {
+            return Ok(());
+        }
+        if dep == Dep::Green && self.green_started_at.is_none() {
+            return Ok(());
+        }
+        let open = self.source_open(c);
+        // One frame of records, unless the gate stopped reading (backpressure).
+        let mut batch = Vec::new();
+        if !self.gates[g].queues[slot].is_full() {
+            while batch.len() < self.sc.batch {
+                if let Some(r) = self.chans[c].resend.pop_front() {
+                    batch.push(r);
+                    continue;
+                }
+                let ch = &self.chans[c];
+                if !open || ch.next >= ch.records.len() {
+                    break;
+                }
+                let id = ch.records[ch.next];
+                if self.avail(dep, id) > now {
+                    break;
+                }
+                batch.push(Rec {
+                    id,
+                    ts: self.inputs[id as usize].ts,
+                    seq: ch.next as u32,
+                });
+                self.chans[c].next += 1;
+            }
+        }
+        if !batch.is_empty() {
+            let name = self.chans[c].name.clone();
+            let step = self.sc.ceiling_step_ms;
+            let gate = &mut self.gates[g];
+            for r in &batch {
+                if gate.ceiling.is_none_or(|c| r.ts > c) {
+                    // Written ahead of the decision, so a restart never forgets a decided record.
+                    gate.ceiling = Some(r.ts.saturating_add(step));
+                }
+                // Observe, queue and drain together: atomic with respect to assignments.
+                gate.core.observe(r.ts);
+                gate.tracker.on_record(&name, now);
+                gate.queues[slot].push(*r);
+                gate.mirrors[slot].push_back(*r);
+            }
+            let ch = &mut self.chans[c];
+            ch.max_ts_sent = batch.iter().map(|r| r.ts).chain(ch.max_ts_sent).max();
+            ch.last_touch = now;
+            ch.idle_marked = false;
+            self.drain_slot(g, slot)?;
+        }
+        let finished = self.chan_finished(c);
+        let ch = &self.chans[c];
+        // Watermarks follow the records they cover: none while re-sending handed-back records.
+        let wm_due = ch
+            .last_wm_at
+            .is_none_or(|t| now >= t + self.sc.wm_interval_ms);
+        if let Some(max) = ch.max_ts_sent
+            && ch.resend.is_empty()
+            && !finished
+            && wm_due
+        {
+            let wm = max - self.sc.bound_ms;
+            self.chan_watermark(c, wm);
+            self.chans[c].last_wm_at = Some(now);
+        }
+        if finished && !self.chans[c].end_signalled {
+            self.chans[c].end_signalled = true;
+            if !open {
+                // Torn down: the sink subtask's connection closes.
+                self.chan_close(c);
+            } else {
+                match self.chans[c].end {
+                    EndMode::FinalMax => self.chan_watermark(c, EventTime::MAX),
+                    EndMode::Idle => self.chan_idle(c),
+                    EndMode::Silent => {}
+                    EndMode::Close => self.chan_close(c),
+                }
+            }
+        }
+        // Sleep until the next thing to do.
+        let ch = &self.chans[c];
+        let ready_now = !ch.resend.is_empty()
+            || (open && ch.next < ch.records.len() && self.avail(dep, ch.records[ch.next]) <= now);
+        let next = if ready_now {
+            // A full queue is woken by the assignment that frees it.
+            (!self.gates[g].queues[slot].is_full()).then_some(now + self.sc.frame_gap_ms)
+        } else if finished {
+            None
+        } else {
+            let rec =
+                (open && ch.next < ch.records.len()).then(|| self.avail(dep, ch.records[ch.next]));
+            let wm = ch.last_wm_at.map(|t| t + self.sc.wm_interval_ms);
+            rec.into_iter().chain(wm).min()
+        };
+        if let Some(t) = next {
+            self.wake_at(c, t.max(now + 1));
+        }
+        Ok(())
+    }
+
+    // --- checks -----------------------------------------------------------------------------
+
+    /// Which deployment owns event time `ts` after the completed cutovers: each took over
+    /// everything at or above its barrier (barriers never decrease).
+    fn owner(&self, ts: EventTime) -> Dep {
+        self.completions
+            .iter()
+            .rfind(|(_, t)| ts >= *t)
+            .map_or(Dep::Blue, |(d, _)| *d)
+    }
+
+    /// The end-of-run check: every record admitted exactly once, by its owner, except what the
+    /// late-record policy allows (late copies may duplicate; late drops may lose), and what
+    /// tearing down a deployment with idle channels loses (see [`SimReport::idle_lost`]).
+    fn check_outcome(&mut self) -> Result<(), String> {
+        if !matches!(self.stored.phase(), Phase::Completed | Phase::Aborted) {
+            return Err(format!("ended in phase {:?}", self.stored.phase()));
+        }
+        for id in 0..self.inputs.len() {
+            let ts = self.inputs[id].ts;
+            let owner = self.owner(ts);
+            let mut owned = false;
+            let mut late_admits = 0;
+            let mut late_dropped = false;
+            for dep in [Dep::Blue, Dep::Green] {
+                let Some(d) = self.dec[id][dep.idx()] else {
+                    continue;
+                };
+                match d.decision {
+                    Decision::Admit(AdmitKind::Owned) if dep != owner => {
+                        let what = format!(
+                            "{} admitted a record that {} owns (completed barriers {})",
+                            dep.name(),
+                            owner.name(),
+                            self.barriers()
+                        );
+                        return Err(self.record_failure(id, &what, d));
+                    }
+                    Decision::Admit(AdmitKind::Owned) => owned = true,
+                    Decision::Admit(AdmitKind::Late) => late_admits += 1,
+                    Decision::Drop(DropReason::Late) => late_dropped = true,
+                    Decision::Drop(_) | Decision::Hold => {}
+                }
+            }
+            if owned || late_admits > 0 {
+                if u32::from(owned) + late_admits > 1 {
+                    self.duplicated_late += 1;
+                }
+                continue;
+            }
+            // In nobody's output. Was the owner's channel idle when the owner handed over?
+            let chan = self.chan_of[id][owner.idx()];
+            let idle_at_handover = self.completions.iter().enumerate().any(|(k, (to, t))| {
+                *to != owner && ts < *t && self.excused.get(k).is_some_and(|e| e.contains(&chan))
+            });
+            let owner_dec = self.dec[id][owner.idx()].map(|d| d.decision);
+            let torn = self.teardown.is_some_and(|(d, _)| d == owner);
+            // A late drop explains a loss only where the owner could not have admitted the
+            // record: it never got it (torn down) or its channel was idle when it handed over.
+            if late_dropped && (owner_dec.is_none() || idle_at_handover) {
+                self.missing_late += 1;
+            } else if idle_at_handover && torn && owner_dec.is_none() && !self.cfg.strict_idle {
+                self.idle_lost += 1;
+            } else if idle_at_handover
+                && owner_dec == Some(Decision::Drop(DropReason::Barrier))
+                && !self.cfg.strict_idle
+            {
+                self.returning_idle_lost += 1;
+            } else {
+                let why = format!(
+                    "lost: owned by {} (completed barriers {}) and admitted by nobody",
+                    owner.name(),
+                    self.barriers()
+                );
+                return Err(self.record_failure_plain(id, &why));
+            }
+        }
+        Ok(())
+    }
+
+    fn barriers(&self) -> String {
+        let list: Vec<String> = self
+            .completions
+            .iter()
+            .map(|(d, t)| format!("{} from {}", d.name(), fmt_ts(Some(*t))))
+            .collect();
+        if list.is_empty() {
+            "none".into()
+        } else {
+            list.join(", ")
+        }
+    }
+
+    fn describe(&self, d: Option<DecLog>) -> String {
+        match d {
+            None => "never decided".into(),
+            Some(d) => format!(
+                "{:?} by {} at {} ms under version {:?}",
+                d.decision, self.gates[d.gate].id, d.at_ms, d.version
+            ),
+        }
+    }
+
+    fn record_failure(&self, id: usize, what: &str, d: DecLog) -> String {
+        format!(
+            "{what}: record {id} ts {} — {}; blue: {}; green: {}",
+            fmt_ts(Some(self.inputs[id].ts)),
+            self.describe(Some(d)),
+            self.describe(self.dec[id][0]),
+            self.describe(self.dec[id][1])
+        )
+    }
+
+    fn record_failure_plain(&self, id: usize, what: &str) -> String {
+        format!(
+            "{what}: record {id} ts {}; blue: {}; green: {}",
+            fmt_ts(Some(self.inputs[id].ts)),
+            self.describe(self.dec[id][0]),
+            self.describe(self.dec[id][1])
+        )
+    }
+
+    /// A short trace summary for failure messages.
+    fn summary(&self) -> String {
+        let sc = &self.sc;
+        let mut out = format!(
+            "  scenario: {} records every ~{} ms, blue {:?}, green {:?} (starts {} ms, x{} \
+             replay), out-of-orderness bound {} ms, teardown {:?}, partition {:?} (gate expiry \
+             {} ms)",
+            self.inputs.len(),
+            sc.spacing_ms,
+            sc.blue_layout,
+            sc.green_layout,
+            sc.green_start_ms,
+            sc.replay_speed,
+            sc.bound_ms,
+            sc.teardown_after_ms,
+            sc.partition,
+            sc.gate_expiry_ms,
+        );
+        for (k, c) in sc.cutovers.iter().enumerate() {
+            let s = &c.settings;
+            out.push_str(&format!(
+                "\n  cutover {}: {} at {} ms, margin {}, drain lateness {}, min gates {}, max lag {}, \
+                 prepare timeout {}, max attempts {}, {:?}, now {}, ready timeout {}, abort {:?}",
+                k + 1,
+                if k == 0 { "starts" } else { "follows" },
+                c.start_ms,
+                s.margin_ms,
+                s.drain_lateness_ms,
+                s.min_gates,
+                s.max_lag_ms,
+                s.prepare_timeout_ms,
+                s.max_attempts,
+                s.late_policy,
+                s.now,
+                s.ready_timeout_ms,
+                c.abort_in
+            ));
+        }
+        out.push_str(&format!(
+            "\n  end: sim {} ms, phase {:?}, completed barriers {}, first commit at {:?}, faults \
+             {:?}\n  phase history:",
+            self.now,
+            self.stored.phase(),
+            self.barriers(),
+            self.commit_at,
+            self.faults
+        ));
+        let skip = self.history.len().saturating_sub(20);
+        if skip > 0 {
+            out.push_str(&format!("\n    ... {skip} earlier"));
+        }
+        for h in &self.history[skip..] {
+            out.push_str("\n    ");
+            out.push_str(h);
+        }
+        out
+    }
+
+    fn report(&mut self) -> SimReport {
+        let admitted = |d: Dep| self.outputs[d.idx()].len() as u64;
+        SimReport {
+            seed: self.seed,
+            records: self.inputs.len(),
+            blue_layout: self.sc.blue_layout.clone(),
+            green_layout: self.sc.green_layout.clone(),
+            blue_admitted: admitted(Dep::Blue),
+            green_admitted: admitted(Dep::Green),
+            late_dropped: self.late_dropped,
+            late_admitted: self.late_admitted,
+            missing_late: self.missing_late,
+            duplicated_late: self.duplicated_late,
+            idle_lost: self.idle_lost,
+            returning_idle_lost: self.returning_idle_lost,
+            attempts: self.attempts,
+            no_votes: self.no_votes,
+            final_phase: self.stored.phase(),
+            operator_abort: self.operator_abort,
+            barrier: self
+                .completions
+                .last()
+                .map(|c| c.1)
+                .or(self.stored.last_barrier),
+            cutovers: self.cutovers_started,
+            completions: self.completions.len(),
+            teardown: self.teardown.is_some(),
+            requested_before_green: self.requested_before_green,
+            sim_time_ms: self.now,
+            events: self.events,
+            stale_assignments: self.stale_assignments,
+            faults: self.faults.clone(),
+            history: self.history.clone(),
+            trace: std::mem::take(&mut self.trace),
+        }
+    }
+}
+
+// --- many seeds ---------------------------------------------------------------------------------
+
+/// Totals over many runs: what happened, so a test can assert the scenario space was covered.
+#[derive(Debug, Clone, Default)]
+pub struct Totals {
+    /// Runs that passed.
+    pub runs: u64,
+    /// Runs that failed.
+    pub failed: u64,
+    /// Runs that ended completed.
+    pub completed: u64,
+    /// Runs that ended aborted (given up or by the operator).
+    pub aborted: u64,
+    /// Runs aborted by the operator.
+    pub operator_aborts: u64,
+    /// Runs that needed more than one prepare attempt.
+    pub retried: u64,
+    /// Runs with more than one cutover requested.
+    pub multi_cutover: u64,
+    /// Runs with two or more completed cutovers (a rollback).
+    pub rollbacks: u64,
+    /// Runs with at least one "no" vote.
+    pub with_no_votes: u64,
+    /// Runs whose cutover was requested before green's gates started.
+    pub requested_before_green: u64,
+    /// Runs with blue torn down after completion.
+    pub teardowns: u64,
+    /// Runs with a coordinator crash while waiting.
+    pub coord_crash_waiting: u64,
+    /// Runs with a coordinator crash while prepared.
+    pub coord_crash_prepared: u64,
+    /// Runs with a coordinator crash while committed.
+    pub coord_crash_committed: u64,
+    /// Runs with a sidecar crash.
+    pub sidecar_crashes: u64,
+    /// Runs where a crashed sidecar handed held records back.
+    pub handed_back: u64,
+    /// Runs with a lost vote.
+    pub lost_votes: u64,
+    /// Runs with a broken stream.
+    pub stream_breaks: u64,
+    /// Runs with a channel stall.
+    pub stalls: u64,
+    /// Runs where the coordinator forgot a gate after a long partition.
+    pub expired_gates: u64,
+    /// Runs with a long network partition of one gate.
+    pub partitions: u64,
+    /// Runs with late records dropped.
+    pub late_dropped: u64,
+    /// Runs with late records admitted.
+    pub late_admitted: u64,
+    /// Runs with late records lost (drop policy, blue torn down).
+    pub missing_late: u64,
+    /// Runs that lost records of an idle blue channel to blue's teardown.
+    pub idle_lost: u64,
+    /// Runs that lost records of an idle channel to a rollback (see
+    /// [`SimReport::returning_idle_lost`]).
+    pub returning_idle_lost: u64,
+    /// Runs where a gate ignored a stale assignment.
+    pub stale_assignments: u64,
+    /// Input records over all runs.
+    pub records: u64,
+    /// Events processed over all runs.
+    pub events: u64,
+    /// Sim time over all runs, ms.
+    pub sim_ms: u64,
+}
+
+impl Totals {
+    /// Adds one passed run.
+    pub fn add(&mut self, r: &SimReport) {
+        let f = &r.faults;
+        let b = |x: bool| u64::from(x);
+        self.runs += 1;
+        self.completed += b(r.final_phase == Phase::Completed);
+        self.aborted += b(r.final_phase == Phase::Aborted);
+        self.operator_aborts += b(r.operator_abort);
+        self.retried += b(r.attempts > 1);
+        self.multi_cutover += b(r.cutovers > 1);
+        self.rollbacks += b(r.completions > 1);
+        self.with_no_votes += b(r.no_votes > 0);
+        self.requested_before_green += b(r.requested_before_green);
+        self.teardowns += b(r.teardown);
+        self.coord_crash_waiting += b(f.crashes_waiting > 0);
+        self.coord_crash_prepared += b(f.crashes_prepared > 0);
+        self.coord_crash_committed += b(f.crashes_committed > 0);
+        self.sidecar_crashes += b(f.sidecar_crashes > 0);
+        self.handed_back += b(f.handed_back > 0);
+        self.lost_votes += b(f.lost_votes > 0);
+        self.stream_breaks += b(f.stream_breaks > 0);
+        self.stalls += b(f.stalls > 0);
+        self.expired_gates += b(f.expired_gates > 0);
+        self.partitions += b(f.partitions > 0);
+        self.late_dropped += b(r.late_dropped > 0);
+        self.late_admitted += b(r.late_admitted > 0);
+        self.missing_late += b(r.missing_late > 0);
+        self.idle_lost += b(r.idle_lost > 0);
+        self.returning_idle_lost += b(r.returning_idle_lost > 0);
+        self.stale_assignments += b(r.stale_assignments > 0);
+        self.records += r.records as u64;
+        self.events += r.events;
+        self.sim_ms += r.sim_time_ms;
+    }
+
+    /// The coverage requirements a large enough batch of seeds must meet; the names of those it
+    /// did not.
+    pub fn uncovered(&self) -> Vec<&'static str> {
+        [
+            ("completed", self.completed),
+            ("aborted", self.aborted),
+            ("operator abort", self.operator_aborts),
+            ("retried prepare", self.retried),
+            ("several cutovers", self.multi_cutover),
+            ("rollback completed", self.rollbacks),
+            ("no vote", self.with_no_votes),
+            (
+                "cutover requested before green started",
+                self.requested_before_green,
+            ),
+            ("blue torn down", self.teardowns),
+            ("coordinator crash while waiting", self.coord_crash_waiting),
+            (
+                "coordinator crash while prepared",
+                self.coord_crash_prepared,
+            ),
+            (
+                "coordinator crash while committed",
+                self.coord_crash_committed,
+            ),
+            ("sidecar crash", self.sidecar_crashes),
+            ("held records handed back", self.handed_back),
+            ("lost vote", self.lost_votes),
+            ("stream break", self.stream_breaks),
+            ("channel stall", self.stalls),
+            ("long partition", self.partitions),
+            ("late records dropped", self.late_dropped),
+            ("late records admitted", self.late_admitted),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n == 0)
+        .map(|(what, _)| what)
+        .collect()
+    }
+}
+
+impl fmt::Display for Totals {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} passed, {} failed; completed {}, aborted {} (operator {}), retried {}, several cutovers {}, \
+             rollbacks {}, no votes {}, \
+             requested before green {}, teardowns {}; coordinator crashes in waiting {} / prepared \
+             {} / committed {}; sidecar crashes {} (handed back {}), lost votes {}, stream breaks \
+             {}, stalls {}, partitions {} (gates expired {}); late dropped {}, late admitted {}, late lost {}, idle-channel loss {} (at teardown) / {} (at rollback); \
+             stale assignments {}; \
+             {} records, {} events, {} s of sim time",
+            self.runs,
+            self.failed,
+            self.completed,
+            self.aborted,
+            self.operator_aborts,
+            self.retried,
+            self.multi_cutover,
+            self.rollbacks,
+            self.with_no_votes,
+            self.requested_before_green,
+            self.teardowns,
+            self.coord_crash_waiting,
+            self.coord_crash_prepared,
+            self.coord_crash_committed,
+            self.sidecar_crashes,
+            self.handed_back,
+            self.lost_votes,
+            self.stream_breaks,
+            self.stalls,
+            self.partitions,
+            self.expired_gates,
+            self.late_dropped,
+            self.late_admitted,
+            self.missing_late,
+            self.idle_lost,
+            self.returning_idle_lost,
+            self.stale_assignments,
+            self.records,
+            self.events,
+            self.sim_ms / 1_000
+        )
+    }
+}
+
+/// Runs seeds `start..start + count` on `jobs` threads; returns the totals and the failures in
+/// seed order. Each run is independent and deterministic, so the result does not depend on
+/// `jobs`.
+pub fn run_many(start: u64, count: u64, cfg: &SimConfig, jobs: usize) -> (Totals, Vec<SimFailure>) {
+    let jobs = jobs.max(1) as u64;
+    let results: Vec<(Totals, Vec<SimFailure>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..jobs)
+            .map(|j| {
+                scope.spawn(move || {
+                    let mut totals = Totals::default();
+                    let mut failures = Vec::new();
+                    let mut seed = start + j;
+                    while seed < start + count {
+                        match run(seed, cfg) {
+                            Ok(r) => totals.add(&r),
+                            Err(f) => {
+                                totals.failed += 1;
+                                failures.push(f);
+                            }
+                        }
+                        seed += jobs;
+                    }
+                    (totals, failures)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("simulation thread panicked"))
+            .collect()
+    });
+    let mut totals = Totals::default();
+    let mut failures = Vec::new();
+    for (t, f) in results {
+        totals.merge(&t);
+        failures.extend(f);
+    }
+    failures.sort_by_key(|f| f.seed);
+    (totals, failures)
+}
+
+impl Totals {
+    fn merge(&mut self, o: &Totals) {
+        self.runs += o.runs;
+        self.failed += o.failed;
+        self.completed += o.completed;
+        self.aborted += o.aborted;
+        self.operator_aborts += o.operator_aborts;
+        self.retried += o.retried;
+        self.multi_cutover += o.multi_cutover;
+        self.rollbacks += o.rollbacks;
+        self.with_no_votes += o.with_no_votes;
+        self.requested_before_green += o.requested_before_green;
+        self.teardowns += o.teardowns;
+        self.coord_crash_waiting += o.coord_crash_waiting;
+        self.coord_crash_prepared += o.coord_crash_prepared;
+        self.coord_crash_committed += o.coord_crash_committed;
+        self.sidecar_crashes += o.sidecar_crashes;
+        self.handed_back += o.handed_back;
+        self.lost_votes += o.lost_votes;
+        self.stream_breaks += o.stream_breaks;
+        self.stalls += o.stalls;
+        self.expired_gates += o.expired_gates;
+        self.partitions += o.partitions;
+        self.late_dropped += o.late_dropped;
+        self.late_admitted += o.late_admitted;
+        self.missing_late += o.missing_late;
+        self.idle_lost += o.idle_lost;
+        self.returning_idle_lost += o.returning_idle_lost;
+        self.stale_assignments += o.stale_assignments;
+        self.records += o.records;
+        self.events += o.events;
+        self.sim_ms += o.sim_ms;
+    }
+}

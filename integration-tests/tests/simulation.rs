@@ -1,0 +1,132 @@
+//! Runs sluice's seeded protocol simulation over many seeds and checks that every run passed and
+//! that the runs covered the scenario space.
+//!
+//! `SLUICE_SIM_SEEDS` overrides the number of seeds (default 2000). A failure names its seed and
+//! how to replay it: `cargo run -p sluice-integration-tests --bin sim -- --seed <S> -v`.
+
+use std::time::Instant;
+
+use sluice_integration_tests::sim::{SimConfig, SimFailure, Totals, run, run_many};
+
+fn seeds() -> u64 {
+    std::env::var("SLUICE_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2_000)
+}
+
+fn jobs() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(4))
+}
+
+fn run_seeds(what: &str, seeds: u64, cfg: &SimConfig) -> (Totals, Vec<SimFailure>) {
+    let started = Instant::now();
+    let (totals, failures) = run_many(0, seeds, cfg, jobs());
+    eprintln!(
+        "{what}: seeds 0..{seeds}: {totals} ({:.1} s on {} threads)",
+        started.elapsed().as_secs_f64(),
+        jobs()
+    );
+    (totals, failures)
+}
+
+fn assert_no_failures(failures: &[SimFailure]) {
+    if let Some(first) = failures.first() {
+        let others: Vec<u64> = failures.iter().skip(1).map(|f| f.seed).collect();
+        panic!("{first}\n  other failing seeds: {others:?}");
+    }
+}
+
+#[test]
+fn seeded_simulation_of_the_barrier_protocol() {
+    let seeds = seeds();
+    let (totals, failures) = run_seeds("simulation", seeds, &SimConfig::default());
+    assert_no_failures(&failures);
+    // A batch this large must have exercised every kind of scenario, or the simulation has
+    // silently degenerated (e.g. faults never firing, cutovers never completing).
+    if seeds >= 500 {
+        let missing = totals.uncovered();
+        assert!(
+            missing.is_empty(),
+            "scenario space not covered: {missing:?}; {totals}"
+        );
+    }
+}
+
+#[test]
+fn the_same_seed_replays_the_same_run() {
+    let cfg = SimConfig::default();
+    for seed in [7, 1_234, 99_999] {
+        let (a, b) = (run(seed, &cfg), run(seed, &cfg));
+        let (a, b) = (a.map_err(|f| f.to_string()), b.map_err(|f| f.to_string()));
+        match (a, b) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(
+                    (
+                        a.events,
+                        a.sim_time_ms,
+                        a.blue_admitted,
+                        a.green_admitted,
+                        a.history
+                    ),
+                    (
+                        b.events,
+                        b.sim_time_ms,
+                        b.blue_admitted,
+                        b.green_admitted,
+                        b.history
+                    ),
+                    "seed {seed} is not deterministic"
+                );
+            }
+            (a, b) => assert_eq!(a.err(), b.err(), "seed {seed} is not deterministic"),
+        }
+    }
+}
+
+// --- known gaps of the protocol -------------------------------------------------------------
+//
+// Each of these runs the simulation with one protocol gap exposed and fails today; they are
+// ignored so the suite stays green, and document the gap until it is closed (then un-ignore).
+// Run them with `cargo test -p sluice-integration-tests --test simulation -- --ignored`.
+
+/// Idle outgoing channels are excluded from the drain, so a completed cutover's outgoing
+/// deployment may still have records below the barrier: tearing it down loses them, and a
+/// rollback makes it drop them as the other deployment's, silently.
+#[test]
+#[ignore = "known gap: records of channels idle at handover are lost (DESIGN.md promises none)"]
+fn known_gap_idle_channels_at_handover_lose_records() {
+    let cfg = SimConfig {
+        strict_idle: true,
+        ..SimConfig::default()
+    };
+    let (_, failures) = run_seeds("strict idle", seeds(), &cfg);
+    assert_no_failures(&failures);
+}
+
+/// The coordinator forgets a gate disconnected for `gate_expiry_ms`, but a partitioned sidecar
+/// keeps deciding under its last assignment.
+#[test]
+#[ignore = "known gap: a partitioned gate the coordinator expired keeps admitting"]
+fn known_gap_gate_expiry_during_a_partition() {
+    let cfg = SimConfig {
+        expiry_partitions: true,
+        ..SimConfig::default()
+    };
+    let (_, failures) = run_seeds("expiry partitions", seeds(), &cfg);
+    assert_no_failures(&failures);
+}
+
+/// A sidecar that restarts with `GateCore::new` (instead of `GateCore::resume` from a persisted
+/// high-mark ceiling) votes yes on barriers below what its predecessor decided (about one run in
+/// a thousand; seeds 150 and 1614 at the time of writing).
+#[test]
+#[ignore = "requirement on gate-sidecar: persist a high-mark ceiling, restart with GateCore::resume"]
+fn known_gap_sidecars_that_forget_their_high_mark() {
+    let cfg = SimConfig {
+        forgetful_sidecars: true,
+        ..SimConfig::default()
+    };
+    let (_, failures) = run_seeds("forgetful sidecars", seeds(), &cfg);
+    assert_no_failures(&failures);
+}
