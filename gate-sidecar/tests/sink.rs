@@ -168,8 +168,25 @@ async fn the_file_sink_writes_the_documented_json_lines() {
     c.send_records(vec![text, binary]).await;
     c.flush(1).await;
     c.expect_ack(1).await;
-    let lines = sidecar.lines();
+    let mut lines = sidecar.lines();
     assert_eq!(lines.len(), 2);
+    // The wall-clock stamp is the only field not fixed by the input: check it, then drop it.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    for line in &mut lines {
+        let written = line
+            .as_object_mut()
+            .unwrap()
+            .remove("written_at_ms")
+            .and_then(|v| v.as_u64())
+            .expect("written_at_ms is a number");
+        assert!(
+            written <= now_ms && written + 60_000 > now_ms,
+            "{written} vs {now_ms}"
+        );
+    }
     assert_eq!(
         lines[0],
         serde_json::json!({
