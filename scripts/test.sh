@@ -28,7 +28,7 @@ step "build (binaries are needed by the process-level tests)"
 cargo build --workspace --bins -q
 
 step "tests: unit, gRPC, sidecar, simulation (${SLUICE_SIM_SEEDS:-2000} seeds), process-level, README commands"
-cargo test --workspace -q 2>&1 | tee "${TMPDIR:-/tmp}/sluice-test.log"
+cargo test --workspace --no-fail-fast -q 2>&1 | tee "${TMPDIR:-/tmp}/sluice-test.log"
 # One closing line for the whole run.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "sluice: %d passed, %d failed\n", p, f; exit (f > 0) }' \
   "${TMPDIR:-/tmp}/sluice-test.log"
