@@ -7,7 +7,6 @@
 //! deployment. Blue replays them at the live rate from the start; green starts late (a slow
 //! bootstrap), replays faster until it has caught up with the live input, then follows it.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -380,6 +379,17 @@ impl Coordinator {
     }
 }
 
+/// `kill -9` the coordinator, keep it down for 300 ms, start it again on the same state file.
+async fn crash(coordinator: &Arc<Mutex<Coordinator>>) -> Result<()> {
+    let c = coordinator.clone();
+    tokio::task::spawn_blocking(move || {
+        c.lock()
+            .expect("not poisoned")
+            .crash_and_restart(Duration::from_millis(300))
+    })
+    .await?
+}
+
 fn sidecar(dir: &Path, port: u16, deployment: &str) -> Result<(Proc, PathBuf, PathBuf)> {
     let socket = dir.join(format!("{deployment}.sock"));
     let output = dir.join(format!("{deployment}.jsonl"));
@@ -497,25 +507,13 @@ pub async fn run(cfg: &ScenarioConfig) -> Result<Report> {
     if cfg.kill_coordinator {
         // Crash while waiting for green (or preparing), then again once committed.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let c = coordinator.clone();
-        tokio::task::spawn_blocking(move || {
-            c.lock()
-                .expect("not poisoned")
-                .crash_and_restart(Duration::from_millis(300))
-        })
-        .await??;
+        crash(&coordinator).await?;
         kills += 1;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let s = pipeline_status(port).await?;
             if s.phase() == Phase::Committed {
-                let c = coordinator.clone();
-                tokio::task::spawn_blocking(move || {
-                    c.lock()
-                        .expect("not poisoned")
-                        .crash_and_restart(Duration::from_millis(300))
-                })
-                .await??;
+                crash(&coordinator).await?;
                 kills += 1;
                 break;
             }
@@ -715,13 +713,4 @@ impl fmt::Display for Report {
         }
         write!(f, "  took         {:.1} s", self.elapsed.as_secs_f64())
     }
-}
-
-/// Phase counts by name, for tests.
-pub fn phase_names(report: &Report) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for p in &report.phases {
-        *m.entry(format!("{:?}", p.phase)).or_insert(0) += 1;
-    }
-    m
 }
