@@ -4,7 +4,7 @@
 # skipped when present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CACHE="${SLUICE_CACHE:-$HOME/.cache/sluice}"
+CACHE="${SLUICE_CACHE:-${HOME:-/root}/.cache/sluice}"
 mkdir -p "$CACHE"
 
 step() { printf '\n== %s\n' "$*"; }
