@@ -33,6 +33,22 @@ fn running() -> Pipeline {
     p
 }
 
+/// Starts a cutover to green that prepares at once.
+fn start_now(p: &mut Pipeline, now_ms: u64) {
+    let s = Settings {
+        now: true,
+        ..settings()
+    };
+    let _ = p.start_cutover(GREEN, s, now_ms).unwrap();
+}
+
+/// Every gate of `running()` votes yes on epoch `e`.
+fn all_vote_yes(p: &mut Pipeline, e: u64, now_ms: u64) {
+    for g in ["b0", "b1", "g0"] {
+        let _ = p.vote(g, 1, e, true, None, now_ms);
+    }
+}
+
 fn phases(events: &[Event]) -> Vec<Phase> {
     events
         .iter()
@@ -122,16 +138,7 @@ fn full_cutover_prepares_above_every_high_mark_commits_on_all_yes_and_completes_
 #[test]
 fn a_no_vote_aborts_and_retries_with_a_new_epoch_above_the_reported_high_mark() {
     let mut p = running();
-    let _ = p
-        .start_cutover(
-            GREEN,
-            Settings {
-                now: true,
-                ..settings()
-            },
-            0,
-        )
-        .unwrap();
+    start_now(&mut p, 0);
     let (e1, t1) = (p.record().epoch, barrier(&p));
     let fx = p.vote("b1", 1, e1, false, Some(5_000), 1);
     assert_eq!(phases(&fx.events), vec![Phase::Aborted, Phase::Prepared]);
@@ -175,16 +182,7 @@ fn missing_votes_time_out_and_attempts_are_bounded() {
 fn a_disconnected_gate_still_blocks_the_commit() {
     let mut p = running();
     let _ = p.detach("b1", 1, 0);
-    let _ = p
-        .start_cutover(
-            GREEN,
-            Settings {
-                now: true,
-                ..settings()
-            },
-            0,
-        )
-        .unwrap();
+    start_now(&mut p, 0);
     let e = p.record().epoch;
     let _ = p.vote("b0", 1, e, true, None, 1);
     let _ = p.vote("g0", 1, e, true, None, 1);
@@ -280,20 +278,9 @@ fn requests_that_cannot_start_are_refused_by_cause() {
 #[test]
 fn committed_cannot_be_aborted() {
     let mut p = running();
-    let _ = p
-        .start_cutover(
-            GREEN,
-            Settings {
-                now: true,
-                ..settings()
-            },
-            0,
-        )
-        .unwrap();
+    start_now(&mut p, 0);
     let e = p.record().epoch;
-    for g in ["b0", "b1", "g0"] {
-        let _ = p.vote(g, 1, e, true, None, 1);
-    }
+    all_vote_yes(&mut p, e, 1);
     assert!(matches!(
         p.abort("late", 2),
         Err(CutoverError::AlreadyCommitted { .. })
@@ -303,16 +290,7 @@ fn committed_cannot_be_aborted() {
 #[test]
 fn restart_in_prepared_aborts_and_retries_and_restart_in_committed_resumes() {
     let mut p = running();
-    let _ = p
-        .start_cutover(
-            GREEN,
-            Settings {
-                now: true,
-                ..settings()
-            },
-            0,
-        )
-        .unwrap();
+    start_now(&mut p, 0);
     let stored = p.record().clone();
     let (e, t) = (stored.epoch, barrier(&p));
     let (q, fx) = Pipeline::restore(stored, PipelineOptions::default(), 10);
@@ -324,9 +302,7 @@ fn restart_in_prepared_aborts_and_retries_and_restart_in_committed_resumes() {
     );
     assert!(barrier(&q) > t);
 
-    for g in ["b0", "b1", "g0"] {
-        let _ = p.vote(g, 1, e, true, None, 1);
-    }
+    all_vote_yes(&mut p, e, 1);
     let stored = p.record().clone();
     let (mut q, fx) = Pipeline::restore(stored.clone(), PipelineOptions::default(), 10);
     assert!(!fx.persist);
@@ -371,20 +347,9 @@ fn a_gate_cannot_change_deployment_and_stale_detaches_are_ignored() {
 #[test]
 fn rollback_after_completion_is_a_new_cutover_with_a_larger_barrier() {
     let mut p = running();
-    let _ = p
-        .start_cutover(
-            GREEN,
-            Settings {
-                now: true,
-                ..settings()
-            },
-            0,
-        )
-        .unwrap();
+    start_now(&mut p, 0);
     let (e, t) = (p.record().epoch, barrier(&p));
-    for g in ["b0", "b1", "g0"] {
-        let _ = p.vote(g, 1, e, true, None, 1);
-    }
+    all_vote_yes(&mut p, e, 1);
     for g in ["b0", "b1"] {
         let _ = p.progress(g, 1, progress(t, t), 2);
     }
