@@ -289,3 +289,15 @@ pub async fn get(server: &TestServer, pipeline: &str) -> v1::PipelineStatus {
         .unwrap()
         .into_inner()
 }
+
+/// Attaches `blue-1` (blue, which becomes active) then `green-1` (green), both at high mark
+/// 1000 and watermark 900.
+pub async fn blue_and_green(server: &TestServer, pipeline: &str) -> (FakeGate, FakeGate) {
+    let blue = FakeGate::attach(server, pipeline, "blue", "blue-1", progress(1_000, 900))
+        .await
+        .unwrap();
+    let green = FakeGate::attach(server, pipeline, "green", "green-1", progress(1_000, 900))
+        .await
+        .unwrap();
+    (blue, green)
+}

@@ -2,7 +2,9 @@
 
 use sluice_proto::v1::{self, GateRole, Phase};
 
-use crate::common::{FakeGate, TestServer, Watch, get, phase_of, progress, start_now};
+use crate::common::{
+    FakeGate, TestServer, Watch, blue_and_green, get, phase_of, progress, start_now,
+};
 
 const P: &str = "payments/fraud-scorer";
 
@@ -140,12 +142,7 @@ async fn blue_to_green_prepares_commits_and_completes() {
 async fn a_no_vote_aborts_and_retries_with_a_larger_barrier() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&dir.path().join("state.json"), &[]).await;
-    let mut b1 = FakeGate::attach(&server, P, "blue", "blue-1", progress(1_000, 900))
-        .await
-        .unwrap();
-    let mut g1 = FakeGate::attach(&server, P, "green", "green-1", progress(1_000, 900))
-        .await
-        .unwrap();
+    let (mut b1, mut g1) = blue_and_green(&server, P).await;
     let mut watch = Watch::open(&server, P).await;
     server
         .cutover()

@@ -2,7 +2,9 @@
 
 use sluice_proto::v1::{GateRole, Phase};
 
-use crate::common::{FakeGate, TestServer, Watch, get, phase_of, progress, start_now};
+use crate::common::{
+    FakeGate, TestServer, Watch, blue_and_green, get, phase_of, progress, start_now,
+};
 
 const P: &str = "payments/fraud-scorer";
 
@@ -12,12 +14,7 @@ async fn a_committed_cutover_survives_a_restart() {
     let state = dir.path().join("state.json");
 
     let server = TestServer::start(&state, &[]).await;
-    let mut b1 = FakeGate::attach(&server, P, "blue", "blue-1", progress(1_000, 900))
-        .await
-        .unwrap();
-    let mut g1 = FakeGate::attach(&server, P, "green", "green-1", progress(1_000, 900))
-        .await
-        .unwrap();
+    let (mut b1, mut g1) = blue_and_green(&server, P).await;
     server
         .cutover()
         .await
@@ -61,12 +58,7 @@ async fn a_prepare_interrupted_by_a_restart_is_retried_in_a_new_epoch() {
     let state = dir.path().join("state.json");
 
     let server = TestServer::start(&state, &[]).await;
-    let mut b1 = FakeGate::attach(&server, P, "blue", "blue-1", progress(1_000, 900))
-        .await
-        .unwrap();
-    let mut g1 = FakeGate::attach(&server, P, "green", "green-1", progress(1_000, 900))
-        .await
-        .unwrap();
+    let (mut b1, mut g1) = blue_and_green(&server, P).await;
     let mut req = start_now(P, "green", 100);
     req.prepare_timeout_ms = Some(60_000);
     server.cutover().await.start_cutover(req).await.unwrap();
@@ -83,12 +75,7 @@ async fn a_prepare_interrupted_by_a_restart_is_retried_in_a_new_epoch() {
     assert!(new_barrier > old.barrier_ms.unwrap());
 
     let mut watch = Watch::open(&server, P).await;
-    let mut b1 = FakeGate::attach(&server, P, "blue", "blue-1", progress(1_000, 900))
-        .await
-        .unwrap();
-    let mut g1 = FakeGate::attach(&server, P, "green", "green-1", progress(1_000, 900))
-        .await
-        .unwrap();
+    let (mut b1, mut g1) = blue_and_green(&server, P).await;
     // Late yes votes for the old epoch must not commit anything.
     for g in [&b1, &g1] {
         g.vote(old.epoch, true, Some(1_000)).await;
