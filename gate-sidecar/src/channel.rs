@@ -393,7 +393,11 @@ impl<S: Sink> Channel<S> {
                         .counters
                         .on_acked(batch.admitted, batch.late);
                 }
-                Event::Acked(Err(e)) => return Err(ChannelError::SinkFailed(e)),
+                Event::Acked(Err(e)) => {
+                    // Its ack has resolved: it must not be awaited again when the channel closes.
+                    self.in_flight.pop_front();
+                    return Err(ChannelError::SinkFailed(e));
+                }
                 Event::Changed => self.decide(Vec::new()).await?,
                 Event::Frame(None) => {
                     tracing::debug!(channel = %self.id, "client finished sending");

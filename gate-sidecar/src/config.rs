@@ -12,6 +12,8 @@ use clap::Parser;
 use sluice_proto::framing::DEFAULT_MAX_FRAME;
 use thiserror::Error;
 
+use crate::sink::kafka::{KafkaConfigError, KafkaSettings, parse_option};
+
 /// Everything the sidecar needs to serve one gate.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -57,9 +59,20 @@ pub struct Config {
     #[arg(long, env = "SLUICE_ALLOW_NON_LOOPBACK")]
     pub allow_non_loopback: bool,
 
-    /// Where admitted records go: `stdout` or `file:PATH` (JSON lines, appended).
+    /// Where admitted records go: `kafka:HOST:PORT[,HOST:PORT...]` (idempotent producer,
+    /// acks=all), `stdout` or `file:PATH` (JSON lines, appended), or `null` (discard; benchmarks).
     #[arg(long, env = "SLUICE_SINK", default_value = "stdout")]
     pub sink: SinkSpec,
+
+    /// A librdkafka producer option `name=value` for the `kafka:` sink (repeatable; in the
+    /// environment separate them with `;`). `acks` and `enable.idempotence` cannot be weakened.
+    #[arg(
+        long = "kafka-option",
+        env = "SLUICE_KAFKA_OPTIONS",
+        value_delimiter = ';',
+        value_name = "NAME=VALUE"
+    )]
+    pub kafka_options: Vec<String>,
 
     /// Topic for records that name none.
     #[arg(long, env = "SLUICE_DEFAULT_TOPIC", default_value = "sluice-out")]
@@ -100,6 +113,15 @@ pub struct Config {
     #[arg(long, env = "SLUICE_HIGH_MARK_STEP", default_value = "10s", value_parser = humantime::parse_duration)]
     pub high_mark_step: Duration,
 
+    /// Optional address for the HTTP health endpoints `/livez` and `/readyz` (ready once the
+    /// coordinator has assigned the gate a role). Serves no data, so any address is allowed.
+    #[arg(long, env = "SLUICE_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+
+    /// Runtime worker threads (default: one per CPU). Set it to the container's CPU limit.
+    #[arg(long, env = "SLUICE_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+
     /// On shutdown, how long channels may take to get their admitted records acknowledged by
     /// the sink before they are closed regardless.
     #[arg(long, env = "SLUICE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -108,14 +130,18 @@ pub struct Config {
 
 /// Where admitted records are written.
 ///
-/// Parsed from `--sink`; a `kafka:` sink is planned and will be another variant.
+/// Parsed from `--sink`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SinkSpec {
+    /// Kafka, through an idempotent librdkafka producer; the bootstrap servers.
+    Kafka(String),
     /// JSON lines on standard output (logs go to standard error).
     Stdout,
     /// JSON lines appended to a file.
     File(PathBuf),
+    /// Discard admitted records (benchmarks of the gate path, dry runs).
+    Null,
 }
 
 /// A `--sink` value that names no known sink.
@@ -124,11 +150,11 @@ pub enum SinkSpecError {
     /// `file:` without a path.
     #[error("`file:` needs a path, e.g. `file:/var/log/sluice.jsonl`")]
     EmptyPath,
-    /// The Kafka sink is not implemented yet.
-    #[error("the `kafka:` sink is not available yet; use `stdout` or `file:PATH`")]
-    KafkaUnsupported,
+    /// `kafka:` without brokers.
+    #[error("`kafka:` needs bootstrap servers, e.g. `kafka:127.0.0.1:9092`")]
+    EmptyBootstrap,
     /// Anything else.
-    #[error("unknown sink `{0}`; expected `stdout` or `file:PATH`")]
+    #[error("unknown sink `{0}`; expected `kafka:HOST:PORT`, `stdout`, `file:PATH` or `null`")]
     Unknown(String),
 }
 
@@ -145,8 +171,14 @@ impl FromStr for SinkSpec {
             }
             return Ok(SinkSpec::File(PathBuf::from(path)));
         }
-        if s.starts_with("kafka:") {
-            return Err(SinkSpecError::KafkaUnsupported);
+        if let Some(servers) = s.strip_prefix("kafka:") {
+            if servers.trim().is_empty() {
+                return Err(SinkSpecError::EmptyBootstrap);
+            }
+            return Ok(SinkSpec::Kafka(servers.trim().to_owned()));
+        }
+        if s == "null" {
+            return Ok(SinkSpec::Null);
         }
         Err(SinkSpecError::Unknown(s.to_owned()))
     }
@@ -155,8 +187,10 @@ impl FromStr for SinkSpec {
 impl std::fmt::Display for SinkSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            SinkSpec::Kafka(servers) => write!(f, "kafka:{servers}"),
             SinkSpec::Stdout => f.write_str("stdout"),
             SinkSpec::File(p) => write!(f, "file:{}", p.display()),
+            SinkSpec::Null => f.write_str("null"),
         }
     }
 }
@@ -200,6 +234,12 @@ pub enum ConfigError {
     /// A count or duration that must be positive is zero.
     #[error("--{0} must be greater than zero")]
     Zero(&'static str),
+    /// The Kafka options are unusable.
+    #[error("invalid Kafka sink configuration")]
+    Kafka(#[source] KafkaConfigError),
+    /// `--kafka-option` given for a sink that is not Kafka.
+    #[error("--kafka-option only applies to a `kafka:` sink, but --sink is `{0}`")]
+    KafkaOptionsUnused(SinkSpec),
 }
 
 impl Config {
@@ -243,7 +283,20 @@ impl Config {
         if self.default_topic.is_empty() {
             return Err(ConfigError::EmptyTopic);
         }
+        match self.kafka_settings() {
+            Some(settings) => {
+                settings
+                    .map_err(ConfigError::Kafka)?
+                    .client_config()
+                    .map_err(ConfigError::Kafka)?;
+            }
+            None if self.kafka_options.iter().any(|o| !o.trim().is_empty()) => {
+                return Err(ConfigError::KafkaOptionsUnused(self.sink));
+            }
+            None => {}
+        }
         let positive = [
+            ("worker-threads", self.worker_threads != Some(0)),
             ("hold-limit", self.hold_limit > 0),
             ("max-frame-bytes", self.max_frame_bytes > 0),
             ("sink-queue", self.sink_queue > 0),
@@ -261,6 +314,24 @@ impl Config {
             self.gate_id = Some(default_gate_id(&self.deployment));
         }
         Ok(self)
+    }
+
+    /// The Kafka sink's settings, when the sink is Kafka.
+    pub fn kafka_settings(&self) -> Option<Result<KafkaSettings, KafkaConfigError>> {
+        let SinkSpec::Kafka(bootstrap) = &self.sink else {
+            return None;
+        };
+        Some(
+            self.kafka_options
+                .iter()
+                .filter(|o| !o.trim().is_empty())
+                .map(|o| parse_option(o))
+                .collect::<Result<Vec<_>, _>>()
+                .map(|options| KafkaSettings {
+                    bootstrap: bootstrap.clone(),
+                    options,
+                }),
+        )
     }
 
     /// The gate id: the configured one, or the default of [`Config::validated`].
@@ -333,9 +404,14 @@ mod tests {
         );
         assert_eq!("file:".parse::<SinkSpec>(), Err(SinkSpecError::EmptyPath));
         assert_eq!(
-            "kafka:broker:9092".parse::<SinkSpec>(),
-            Err(SinkSpecError::KafkaUnsupported)
+            "kafka:broker:9092,b2:9092".parse(),
+            Ok(SinkSpec::Kafka("broker:9092,b2:9092".into()))
         );
+        assert_eq!(
+            "kafka:".parse::<SinkSpec>(),
+            Err(SinkSpecError::EmptyBootstrap)
+        );
+        assert_eq!("null".parse(), Ok(SinkSpec::Null));
         assert!(matches!(
             "s3://x".parse::<SinkSpec>(),
             Err(SinkSpecError::Unknown(_))

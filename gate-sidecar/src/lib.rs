@@ -19,7 +19,9 @@
 //! - `control`: the `GateControl/Attach` client: hello, assignments, votes, progress,
 //!   reconnects with backoff while keeping the last known state.
 //! - [`sink`]: the [`Sink`] trait (ordered batches, each with an ack that resolves once
-//!   delivered) and the embedded JSON-lines sink ([`sink::jsonl`]).
+//!   delivered), the Kafka sink ([`sink::kafka`]), the embedded JSON-lines sink
+//!   ([`sink::jsonl`]) and the discarding [`sink::NullSink`].
+//! - `health`: the optional HTTP `/livez` and `/readyz` endpoints for the kubelet.
 //! - `server`: listeners, the accept loop, [`run`] / [`run_with_sink`] and graceful shutdown.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -30,6 +32,7 @@ pub mod config;
 mod control;
 mod counters;
 mod gate;
+mod health;
 mod server;
 pub mod sink;
 
@@ -52,4 +55,4 @@ pub(crate) fn describe(err: &dyn std::error::Error) -> String {
 pub use config::{Config, ConfigError, SinkSpec};
 pub use gate::GateIdentity;
 pub use server::{Listeners, SidecarError, run, run_with_sink};
-pub use sink::{BatchAck, Sink, SinkBatch, SinkError, SinkHeader, SinkRecord};
+pub use sink::{BatchAck, NullSink, Sink, SinkBatch, SinkError, SinkHeader, SinkRecord};

@@ -6,8 +6,7 @@ use clap::{CommandFactory as _, Parser as _};
 use sluice_gate_sidecar::{Config, Listeners};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     // Logs go to stderr: stdout may be the record sink.
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -24,9 +23,15 @@ async fn main() -> anyhow::Result<()> {
             .error(clap::error::ErrorKind::ValueValidation, e)
             .exit(),
     };
-    let listeners = Listeners::bind(&config).await?;
-    sluice_gate_sidecar::run(config, listeners, shutdown_signal()).await?;
-    Ok(())
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.worker_threads {
+        runtime.worker_threads(n);
+    }
+    runtime.enable_all().build()?.block_on(async {
+        let listeners = Listeners::bind(&config).await?;
+        sluice_gate_sidecar::run(config, listeners, shutdown_signal()).await?;
+        Ok(())
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM (what Kubernetes sends before killing the pod).

@@ -13,11 +13,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ceiling::{Ceiling, CeilingError};
 use crate::channel::{self, ChannelSettings};
+use crate::config::SinkSpec;
 use crate::config::{Config, ConfigError};
 use crate::control::{self, ControlSettings};
 use crate::gate::{Gate, GateIdentity};
+use crate::health;
 use crate::sink::jsonl::JsonLinesSink;
-use crate::sink::{Sink, SinkError};
+use crate::sink::kafka::KafkaSink;
+use crate::sink::{NullSink, Sink, SinkError};
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -71,6 +74,8 @@ pub struct Listeners {
     pub unix: Option<UnixListener>,
     /// A TCP listener (loopback unless explicitly allowed).
     pub tcp: Option<TcpListener>,
+    /// The HTTP health endpoints' listener (`/livez`, `/readyz`).
+    pub health: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -97,9 +102,23 @@ impl Listeners {
             }
             None => None,
         };
+        let health = match config.health_listen {
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| SidecarError::Bind {
+                            address: addr.to_string(),
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
         Ok(Self {
             unix: Some(unix),
             tcp,
+            health,
         })
     }
 }
@@ -122,17 +141,48 @@ fn remove_stale_socket(path: &Path) -> Result<(), SidecarError> {
     })
 }
 
-/// Runs the sidecar with the embedded sink named by `config.sink` until `shutdown` resolves.
+/// Runs the sidecar with the sink named by `config.sink` until `shutdown` resolves (or, for
+/// Kafka, until the producer fails fatally: then it stops with that error so a restart brings
+/// a fresh producer).
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SidecarError> {
     let config = config.validated()?;
-    let sink = JsonLinesSink::open(&config.sink, identity(&config), config.sink_queue)
-        .await
-        .map_err(SidecarError::Sink)?;
-    run_with_sink(config, listeners, sink, shutdown).await
+    match &config.sink {
+        SinkSpec::Kafka(_) => {
+            let settings = config
+                .kafka_settings()
+                .expect("a kafka sink has settings")
+                .map_err(|e| SidecarError::Config(ConfigError::Kafka(e)))?;
+            let sink = KafkaSink::open(&settings).map_err(SidecarError::Sink)?;
+            let fatal = std::sync::Mutex::new(None);
+            let stop = async {
+                tokio::select! {
+                    () = shutdown => {}
+                    e = sink.fatal() => {
+                        *fatal.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+                    }
+                }
+            };
+            let result = run_with_sink(config, listeners, sink.clone(), stop).await;
+            match fatal
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+            {
+                Some(e) => Err(SidecarError::Sink(e)),
+                None => result,
+            }
+        }
+        SinkSpec::Null => run_with_sink(config, listeners, NullSink, shutdown).await,
+        SinkSpec::Stdout | SinkSpec::File(_) => {
+            let sink = JsonLinesSink::open(&config.sink, identity(&config), config.sink_queue)
+                .await
+                .map_err(SidecarError::Sink)?;
+            run_with_sink(config, listeners, sink, shutdown).await
+        }
+    }
 }
 
 fn identity(config: &Config) -> GateIdentity {
@@ -196,7 +246,8 @@ pub async fn run_with_sink<S: Sink>(
     let stop = CancellationToken::new();
     let mut channels = JoinSet::new();
     let mut conn: u64 = 0;
-    let Listeners { unix, tcp } = listeners;
+    let Listeners { unix, tcp, health } = listeners;
+    let health = health.map(|l| tokio::spawn(health::serve(l, gate.clone(), stop.clone())));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -249,6 +300,9 @@ pub async fn run_with_sink<S: Sink>(
         channels.shutdown().await;
     }
     control.abort();
+    if let Some(h) = health {
+        h.abort();
+    }
     let flushed = sink.flush().await.map_err(SidecarError::Sink);
     if let Some(path) = unix_path
         && let Err(e) = std::fs::remove_file(&path)
@@ -301,6 +355,7 @@ fn log_startup(
         coordinator = %config.coordinator,
         socket = unix_path.map(|p| p.display().to_string()),
         tcp = listeners.tcp.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
+        health = listeners.health.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
         sink = %config.sink,
         default_topic = %config.default_topic,
         hold_limit = config.hold_limit,

@@ -7,8 +7,8 @@
 //! only acknowledges a `Flush` after every earlier batch's ack resolved `Ok`, so nothing is
 //! ever reported as delivered before it is.
 //!
-//! The trait is small on purpose so a Kafka producer (whose sends already return delivery
-//! futures) fits it as well as the embedded [`jsonl::JsonLinesSink`].
+//! Implementations: [`kafka::KafkaSink`] (librdkafka, idempotent, `acks=all`), the embedded
+//! [`jsonl::JsonLinesSink`] (stdout or a file), and [`NullSink`] (discards, for benchmarks).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,6 +20,7 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 
 pub mod jsonl;
+pub mod kafka;
 
 /// One admitted record on its way to the sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +91,41 @@ pub enum SinkError {
     /// The sink dropped a batch without saying whether it was delivered.
     #[error("the sink dropped a batch without acknowledging it")]
     Abandoned,
+    /// A JSON-lines sink was asked to open a target that is not stdout or a file.
+    #[error("sink `{0}` is not a JSON-lines sink")]
+    NotJsonLines(String),
+    /// The Kafka configuration is unusable.
+    #[error("invalid Kafka configuration")]
+    KafkaConfig(#[source] Arc<kafka::KafkaConfigError>),
+    /// The Kafka producer could not be created.
+    #[error("cannot create the Kafka producer")]
+    KafkaClient(#[source] rdkafka::error::KafkaError),
+    /// librdkafka refused to queue a record (e.g. too large, unknown partition).
+    #[error("Kafka refused a record for topic `{topic}`")]
+    Produce {
+        /// The record's topic.
+        topic: String,
+        /// librdkafka's answer.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// A record was queued but Kafka did not acknowledge it (timeout, broker error).
+    #[error("Kafka did not acknowledge a record for {topic}/{partition}")]
+    Delivery {
+        /// The record's topic.
+        topic: String,
+        /// The partition it was sent to (-1 if none was chosen).
+        partition: i32,
+        /// librdkafka's answer.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// Outstanding records were not acknowledged before the shutdown flush timed out.
+    #[error("Kafka did not acknowledge every record before shutdown")]
+    KafkaFlush(#[source] rdkafka::error::KafkaError),
+    /// The idempotent producer hit a fatal error: nothing more can be delivered by it.
+    #[error("fatal Kafka producer error ({0}); restart the sidecar")]
+    Fatal(String),
 }
 
 /// Where admitted records go. Implementations must keep the order of the batches submitted by
@@ -102,6 +138,21 @@ pub trait Sink: Send + Sync + 'static {
     /// Waits until every batch submitted before the call is acknowledged (or failed) and the
     /// output is flushed. Called once on shutdown, after the channels have stopped.
     fn flush(&self) -> impl Future<Output = Result<(), SinkError>> + Send;
+}
+
+/// Discards admitted records, acknowledging each batch at once (benchmarks of the gate path,
+/// dry runs). `FlushAck`s still wait for every record to be decided.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NullSink;
+
+impl Sink for NullSink {
+    async fn submit(&self, _batch: SinkBatch) -> Result<BatchAck, SinkError> {
+        Ok(BatchAck::ready(Ok(())))
+    }
+
+    async fn flush(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 /// Resolves once the sink has durably accepted a batch, or with why it has not.

@@ -288,6 +288,7 @@ async fn channels_also_work_over_loopback_tcp() {
         Listeners {
             unix: None,
             tcp: Some(tcp),
+            health: None,
         },
         async {
             let _ = stopped.await;

@@ -66,6 +66,7 @@ impl JsonLinesSink {
                 })?;
                 Ok(Self::from_writer(file, spec.to_string(), identity, queue))
             }
+            SinkSpec::Kafka(_) | SinkSpec::Null => Err(SinkError::NotJsonLines(spec.to_string())),
         }
     }
 

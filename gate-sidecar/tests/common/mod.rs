@@ -345,6 +345,7 @@ impl Sidecar {
         let listeners = Listeners {
             unix: Some(UnixListener::bind(&config.socket).unwrap()),
             tcp: None,
+            health: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(sluice_gate_sidecar::run_with_sink(
