@@ -3,11 +3,13 @@
 //! - [`sim`]: the deterministic, seeded simulation of the barrier protocol (pure core, no I/O).
 //! - [`procs`]: starting the real `coordinator` and `gate-sidecar` binaries.
 //! - [`client`]: a native-frame client, doing what a Flink sink writer does.
+//! - [`kafka`]: a real tansu broker, topic creation and reading a topic back.
 //! - [`scenario`]: the process-level blue/green cutover, counted record by record; used by the
 //!   `demo` binary and `tests/process.rs`.
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod kafka;
 pub mod procs;
 pub mod scenario;
 pub mod sim;

@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use tonic::transport::Channel as GrpcChannel;
 
 use crate::client::{Acked, Channel};
+use crate::kafka;
 use crate::procs::{Proc, binary, free_port, wait_for_tcp, wait_for_unix};
 
 /// First event time of the input (2023-11-14T22:13:20Z).
@@ -70,7 +71,23 @@ pub struct ScenarioConfig {
     pub seed: u64,
     /// Where state, sockets, outputs and logs go.
     pub work_dir: PathBuf,
+    /// Send admitted records to this Kafka topic instead of the JSON-lines files.
+    pub kafka: Option<KafkaOutput>,
 }
+
+/// A Kafka topic the sidecars write to (it must exist).
+#[derive(Debug, Clone)]
+pub struct KafkaOutput {
+    /// Bootstrap servers.
+    pub bootstrap: String,
+    /// Topic.
+    pub topic: String,
+    /// Its partition count.
+    pub partitions: i32,
+}
+
+/// Every this many records, one names its partition explicitly (Kafka mode).
+const EXPLICIT_PARTITION_EVERY: usize = 1_000;
 
 impl ScenarioConfig {
     /// The defaults of the demo and the process-level test, in `work_dir`.
@@ -92,6 +109,7 @@ impl ScenarioConfig {
             kill_coordinator: false,
             seed: 7,
             work_dir: work_dir.into(),
+            kafka: None,
         }
     }
 }
@@ -120,7 +138,7 @@ pub struct DeploymentReport {
     pub acked_admitted: u64,
     /// Dropped according to the final FlushAcks.
     pub acked_dropped: u64,
-    /// Lines in the deployment's output file.
+    /// Records in the deployment's output (file lines, or Kafka records it wrote).
     pub output: u64,
     /// Smallest and largest event time in the output.
     pub output_range: Option<(i64, i64)>,
@@ -147,20 +165,57 @@ pub struct Report {
     pub barrier: Option<i64>,
     /// Phase transitions seen.
     pub phases: Vec<PhaseSeen>,
-    /// Largest wall-clock gap between consecutive output records, before the cutover (ms).
-    pub steady_gap_ms: u64,
-    /// Largest gap from just before prepare to just after completion (ms).
-    pub cutover_gap_ms: u64,
+    /// Largest wall-clock gap between consecutive output records, before the cutover (ms);
+    /// `None` for Kafka (its timestamps carry event time, not write time).
+    pub steady_gap_ms: Option<u64>,
+    /// Largest gap from just before prepare to just after completion (ms); `None` for Kafka.
+    pub cutover_gap_ms: Option<u64>,
+    /// What reading the Kafka topic back found (Kafka mode).
+    pub kafka: Option<KafkaFindings>,
     /// Coordinator kills performed.
     pub coordinator_kills: u32,
     /// Wall time of the whole run.
     pub elapsed: Duration,
 }
 
+/// Record-by-record checks of a topic read back with a real consumer.
+#[derive(Debug, Clone, Default)]
+pub struct KafkaFindings {
+    /// Topic read.
+    pub topic: String,
+    /// Partitions of the topic.
+    pub partitions: i32,
+    /// Records read.
+    pub read: u64,
+    /// Partitions that received records.
+    pub partitions_used: usize,
+    /// Records whose Kafka timestamp is not `CreateTime(event time)`.
+    pub bad_timestamp: u64,
+    /// Records whose value or headers differ from what the client sent.
+    pub bad_content: u64,
+    /// Records not on the partition they named, or (keyed) the Java client's hash partition.
+    pub wrong_partition: u64,
+    /// Records read after a later record of the same channel in the same partition.
+    pub out_of_order: u64,
+}
+
+impl KafkaFindings {
+    fn intact(&self) -> bool {
+        self.bad_timestamp == 0
+            && self.bad_content == 0
+            && self.wrong_partition == 0
+            && self.out_of_order == 0
+    }
+}
+
 impl Report {
-    /// True when the merged output holds every input record exactly once.
+    /// True when the merged output holds every input record exactly once (and, for Kafka,
+    /// intact, on the right partition and in each channel's order).
     pub fn exact(&self) -> bool {
-        self.duplicates == 0 && self.missing == 0 && self.wrong_side == 0
+        self.duplicates == 0
+            && self.missing == 0
+            && self.wrong_side == 0
+            && self.kafka.as_ref().is_none_or(KafkaFindings::intact)
     }
 }
 
@@ -184,18 +239,41 @@ fn channel_of(i: usize, n: usize) -> usize {
     ((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % n
 }
 
-fn record(i: usize, ts: i64) -> Record {
+fn value_of(i: usize) -> Vec<u8> {
+    format!("{{\"order\":{i},\"amount\":{}}}", i % 997).into_bytes()
+}
+
+/// Record `i`; headers name the channel (`stream`) and the record's position in it (`seq`), so
+/// per-channel order can be checked in Kafka. In Kafka mode every
+/// [`EXPLICIT_PARTITION_EVERY`]th record names its partition.
+fn record(i: usize, ts: i64, stream: &str, seq: usize, partitions: Option<i32>) -> Record {
     Record {
         key: format!("r{i:07}").into_bytes(),
-        value: format!("{{\"order\":{i},\"amount\":{}}}", i % 997).into_bytes(),
-        headers: vec![Header {
-            key: "source".into(),
-            value: b"replay".to_vec(),
-        }],
+        value: value_of(i),
+        headers: vec![
+            Header {
+                key: "source".into(),
+                value: b"replay".to_vec(),
+            },
+            Header {
+                key: "stream".into(),
+                value: stream.as_bytes().to_vec(),
+            },
+            Header {
+                key: "seq".into(),
+                value: seq.to_string().into_bytes(),
+            },
+        ],
         event_time_ms: ts,
         topic: String::new(),
-        partition: None,
+        partition: partitions
+            .filter(|_| i % EXPLICIT_PARTITION_EVERY == 0)
+            .map(|n| explicit_partition(i, n)),
     }
+}
+
+fn explicit_partition(i: usize, partitions: i32) -> i32 {
+    ((i / EXPLICIT_PARTITION_EVERY) % partitions as usize) as i32
 }
 
 /// When record `i` may be sent: blue follows the live rate; green, started late, replays at
@@ -227,6 +305,8 @@ async fn run_channel(
     cfg: ScenarioConfig,
 ) -> Result<Acked> {
     let mut ch = Channel::open(&socket, PIPELINE, deployment, &channel.to_string()).await?;
+    let stream = format!("{deployment}/{channel}");
+    let partitions = cfg.kafka.as_ref().map(|k| k.partitions);
     let mut since_flush = 0;
     let mut pos = 0;
     while pos < indices.len() {
@@ -236,7 +316,7 @@ async fn run_channel(
         let mut last = indices[pos];
         while pos < indices.len() && batch.len() < cfg.batch && pace.due(indices[pos]) <= now {
             last = indices[pos];
-            batch.push(record(last, times[last]));
+            batch.push(record(last, times[last], &stream, pos, partitions));
             pos += 1;
         }
         since_flush += batch.len();
@@ -390,10 +470,15 @@ async fn crash(coordinator: &Arc<Mutex<Coordinator>>) -> Result<()> {
     .await?
 }
 
-fn sidecar(dir: &Path, port: u16, deployment: &str) -> Result<(Proc, PathBuf, PathBuf)> {
+fn sidecar(
+    dir: &Path,
+    port: u16,
+    deployment: &str,
+    kafka: Option<&KafkaOutput>,
+) -> Result<(Proc, PathBuf, PathBuf)> {
     let socket = dir.join(format!("{deployment}.sock"));
     let output = dir.join(format!("{deployment}.jsonl"));
-    let args: Vec<String> = [
+    let mut args: Vec<String> = [
         "--coordinator",
         &format!("http://127.0.0.1:{port}"),
         "--pipeline",
@@ -413,6 +498,18 @@ fn sidecar(dir: &Path, port: u16, deployment: &str) -> Result<(Proc, PathBuf, Pa
     ]
     .map(String::from)
     .to_vec();
+    if let Some(k) = kafka {
+        // A later --sink wins.
+        args.extend(
+            [
+                "--sink",
+                &format!("kafka:{}", k.bootstrap),
+                "--default-topic",
+                &k.topic,
+            ]
+            .map(String::from),
+        );
+    }
     let proc = Proc::spawn(
         deployment,
         &binary("gate-sidecar")?,
@@ -439,6 +536,79 @@ fn read_output(path: &Path) -> Result<Vec<OutLine>> {
         .collect()
 }
 
+/// Reads the topic back with a real consumer: blue's and green's records (by their `stream`
+/// header) as output lines, and the record-by-record findings.
+async fn read_kafka(
+    k: &KafkaOutput,
+    expected: usize,
+    times: &[i64],
+) -> Result<(Vec<OutLine>, Vec<OutLine>, KafkaFindings)> {
+    let (bootstrap, topic, partitions) = (k.bootstrap.clone(), k.topic.clone(), k.partitions);
+    let read = tokio::task::spawn_blocking(move || {
+        kafka::read_topic(
+            &bootstrap,
+            &topic,
+            partitions,
+            expected,
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        )
+    })
+    .await??;
+    let mut findings = KafkaFindings {
+        topic: k.topic.clone(),
+        partitions: k.partitions,
+        read: read.len() as u64,
+        ..Default::default()
+    };
+    let mut order = kafka::OrderCheck::default();
+    let mut used = std::collections::BTreeSet::new();
+    let (mut blue, mut green) = (Vec::new(), Vec::new());
+    for c in &read {
+        used.insert(c.partition);
+        let key = String::from_utf8_lossy(&c.key).into_owned();
+        let i: usize = key
+            .trim_start_matches('r')
+            .parse()
+            .with_context(|| format!("bad key {key:?}"))?;
+        let ts = *times.get(i).context("key out of range")?;
+        let stream = String::from_utf8_lossy(c.header("stream").unwrap_or_default()).into_owned();
+        let seq: u64 = String::from_utf8_lossy(c.header("seq").unwrap_or_default())
+            .parse()
+            .unwrap_or(u64::MAX);
+        if c.timestamp != rdkafka::Timestamp::CreateTime(ts) {
+            findings.bad_timestamp += 1;
+        }
+        if c.value != value_of(i) || c.header("source") != Some(b"replay".as_slice()) {
+            findings.bad_content += 1;
+        }
+        let want_partition = if i % EXPLICIT_PARTITION_EVERY == 0 {
+            explicit_partition(i, k.partitions)
+        } else {
+            kafka::java_partition(&c.key, k.partitions)
+        };
+        if c.partition != want_partition {
+            findings.wrong_partition += 1;
+        }
+        order.see(c.partition, &stream, seq);
+        let line = OutLine {
+            key,
+            event_time_ms: ts,
+            written_at_ms: 0,
+        };
+        if stream.starts_with(&format!("{BLUE}/")) {
+            blue.push(line);
+        } else if stream.starts_with(&format!("{GREEN}/")) {
+            green.push(line);
+        } else {
+            bail!("record {i} names no deployment: stream {stream:?}");
+        }
+    }
+    findings.out_of_order = order.out_of_order;
+    findings.partitions_used = used.len();
+    Ok((blue, green, findings))
+}
+
 fn largest_gap(mut stamps: Vec<u64>) -> u64 {
     stamps.sort_unstable();
     stamps.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0)
@@ -452,8 +622,8 @@ pub async fn run(cfg: &ScenarioConfig) -> Result<Report> {
     std::fs::create_dir_all(&dir)?;
     let coordinator = Arc::new(Mutex::new(Coordinator::start(&dir, cfg)?));
     let port = coordinator.lock().expect("not poisoned").port;
-    let (mut blue_proc, blue_sock, blue_out) = sidecar(&dir, port, BLUE)?;
-    let (mut green_proc, green_sock, green_out) = sidecar(&dir, port, GREEN)?;
+    let (mut blue_proc, blue_sock, blue_out) = sidecar(&dir, port, BLUE, cfg.kafka.as_ref())?;
+    let (mut green_proc, green_sock, green_out) = sidecar(&dir, port, GREEN, cfg.kafka.as_ref())?;
 
     let times = Arc::new(event_times(cfg));
     let live_start = Instant::now();
@@ -558,8 +728,14 @@ pub async fn run(cfg: &ScenarioConfig) -> Result<Report> {
     coordinator.lock().expect("not poisoned").proc.kill();
 
     let barrier = status.barrier_ms;
-    let blue_lines = read_output(&blue_out)?;
-    let green_lines = read_output(&green_out)?;
+    let (blue_lines, green_lines, kafka) = match &cfg.kafka {
+        None => (read_output(&blue_out)?, read_output(&green_out)?, None),
+        Some(k) => {
+            let expected = (blue.acked_admitted + green.acked_admitted) as usize;
+            let (b, g, findings) = read_kafka(k, expected, &times).await?;
+            (b, g, Some(findings))
+        }
+    };
     let mut counts = vec![0u32; cfg.records];
     let mut wrong_side = 0;
     for (lines, report, is_blue) in [
@@ -592,6 +768,7 @@ pub async fn run(cfg: &ScenarioConfig) -> Result<Report> {
         .map(|l| l.written_at_ms)
         .collect();
     let first = stamps.iter().min().copied().unwrap_or(0);
+    let gaps = kafka.is_none();
     let (prepared, completed) = (
         at(Phase::Prepared).unwrap_or(u64::MAX),
         at(Phase::Completed).unwrap_or(now_ms()),
@@ -613,8 +790,10 @@ pub async fn run(cfg: &ScenarioConfig) -> Result<Report> {
         barrier,
         status,
         phases,
-        steady_gap_ms: largest_gap(window(first + 200, prepared.saturating_sub(200))),
-        cutover_gap_ms: largest_gap(window(prepared.saturating_sub(200), completed + 500)),
+        steady_gap_ms: gaps.then(|| largest_gap(window(first + 200, prepared.saturating_sub(200)))),
+        cutover_gap_ms: gaps
+            .then(|| largest_gap(window(prepared.saturating_sub(200), completed + 500))),
+        kafka,
         coordinator_kills: kills,
         elapsed: started.elapsed(),
     })
@@ -631,6 +810,18 @@ pub fn check(report: &Report) -> Result<()> {
     }
     if report.status.active != GREEN {
         bail!("green is not active: {}", report.status.active);
+    }
+    if let Some(k) = &report.kafka
+        && !k.intact()
+    {
+        bail!(
+            "Kafka output damaged: {} bad timestamps, {} bad contents, {} on the wrong \
+             partition, {} out of channel order",
+            k.bad_timestamp,
+            k.bad_content,
+            k.wrong_partition,
+            k.out_of_order
+        );
     }
     if !report.exact() {
         bail!(
@@ -699,11 +890,30 @@ impl fmt::Display for Report {
                 p.reason
             )?;
         }
-        writeln!(
-            f,
-            "  output gap   largest gap between consecutive output records: {} ms around the cutover, {} ms in steady state",
-            self.cutover_gap_ms, self.steady_gap_ms
-        )?;
+        match (self.cutover_gap_ms, self.steady_gap_ms) {
+            (Some(cutover), Some(steady)) => writeln!(
+                f,
+                "  output gap   largest gap between consecutive output records: {cutover} ms around the cutover, {steady} ms in steady state"
+            )?,
+            _ => writeln!(
+                f,
+                "  output gap   not measured (Kafka timestamps carry event time, not write time)"
+            )?,
+        }
+        if let Some(k) = &self.kafka {
+            writeln!(
+                f,
+                "  kafka        topic {} ({} partitions, {} used): read back {} records; bad timestamps {}, bad contents {}, wrong partition {}, out of channel order {}",
+                k.topic,
+                k.partitions,
+                k.partitions_used,
+                k.read,
+                k.bad_timestamp,
+                k.bad_content,
+                k.wrong_partition,
+                k.out_of_order
+            )?;
+        }
         if self.coordinator_kills > 0 {
             writeln!(
                 f,

@@ -2,13 +2,14 @@
 //!
 //! Starts the real coordinator and one real gate sidecar per deployment (building them first
 //! with the same profile), replays the same input into blue and green, requests the cutover
-//! through the gRPC API and counts every output record.
+//! through the gRPC API and counts every output record. With `--kafka HOST:PORT` the sidecars
+//! write to a Kafka topic, which is then read back with a real consumer.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use sluice_integration_tests::{procs, scenario};
+use sluice_integration_tests::{kafka, procs, scenario};
 
 /// Runs a blue/green cutover end to end and prints what happened.
 #[derive(Parser, Debug)]
@@ -26,6 +27,16 @@ struct Args {
     /// Seed of the event-time jitter.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Send admitted records to this Kafka broker (`host:port`) instead of JSON-lines files;
+    /// the topic is created, then read back and checked record by record.
+    #[arg(long, value_name = "BOOTSTRAP")]
+    kafka: Option<String>,
+    /// Topic for --kafka (created; default `sluice-demo-<unix seconds>`, so reruns start empty).
+    #[arg(long, requires = "kafka")]
+    kafka_topic: Option<String>,
+    /// Partitions of the --kafka topic.
+    #[arg(long, default_value_t = 4, requires = "kafka")]
+    kafka_partitions: i32,
 }
 
 fn main() -> ExitCode {
@@ -49,6 +60,31 @@ fn main() -> ExitCode {
         dir.display()
     );
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    if let Some(bootstrap) = &args.kafka {
+        let topic = args.kafka_topic.clone().unwrap_or_else(|| {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            format!("sluice-demo-{secs}")
+        });
+        if let Err(e) = rt.block_on(kafka::create_topic(
+            bootstrap,
+            &topic,
+            args.kafka_partitions,
+        )) {
+            eprintln!("demo: {e:#}");
+            return ExitCode::FAILURE;
+        }
+        println!(
+            "demo: sidecars write to Kafka {bootstrap}, topic {topic} ({} partitions)",
+            args.kafka_partitions
+        );
+        cfg.kafka = Some(scenario::KafkaOutput {
+            bootstrap: bootstrap.clone(),
+            topic,
+            partitions: args.kafka_partitions,
+        });
+    }
     match rt.block_on(scenario::run(&cfg)) {
         Ok(report) => {
             println!("{report}");
