@@ -10,6 +10,8 @@ use sluice_core::gate::LatePolicy;
 use sluice_core::pipeline::{PipelineOptions, Settings, SettingsError};
 use thiserror::Error;
 
+use crate::webhook::InjectionConfig;
+
 /// The coordinator's configuration.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -77,6 +79,65 @@ pub struct Config {
     /// How often watchers receive a full status event.
     #[arg(long, env = "SLUICE_STATUS_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub status_interval: Duration,
+
+    /// Address to serve the Kubernetes mutating admission webhook on (HTTPS: `POST /mutate`,
+    /// `GET /healthz`). No webhook when unset. Loopback only unless --allow-non-loopback.
+    #[arg(long, env = "SLUICE_WEBHOOK_LISTEN")]
+    pub webhook_listen: Option<SocketAddr>,
+
+    /// PEM certificate chain of the webhook, server certificate first (e.g. a Secret's
+    /// `tls.crt`). Required with --webhook-listen; reloaded when the file changes.
+    #[arg(long, env = "SLUICE_WEBHOOK_CERT")]
+    pub webhook_cert: Option<PathBuf>,
+
+    /// PEM private key of the webhook certificate (PKCS#8, PKCS#1 or SEC1; e.g. `tls.key`).
+    /// Required with --webhook-listen; reloaded when the file changes.
+    #[arg(long, env = "SLUICE_WEBHOOK_KEY")]
+    pub webhook_key: Option<PathBuf>,
+
+    /// How often the webhook certificate and key files are checked for a change.
+    #[arg(long, env = "SLUICE_WEBHOOK_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub webhook_reload_interval: Duration,
+
+    /// Address to serve Prometheus metrics on (plain HTTP, `GET /metrics`). No metrics
+    /// listener when unset. Loopback only unless --allow-non-loopback.
+    #[arg(long, env = "SLUICE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Container image of the gate sidecar that the webhook injects. Required with
+    /// --webhook-listen.
+    #[arg(long, env = "SLUICE_SIDECAR_IMAGE")]
+    pub sidecar_image: Option<String>,
+
+    /// CPU request of the injected sidecar (a Kubernetes quantity).
+    #[arg(long, env = "SLUICE_SIDECAR_CPU_REQUEST", default_value = "100m")]
+    pub sidecar_cpu_request: String,
+
+    /// Memory request of the injected sidecar (a Kubernetes quantity).
+    #[arg(long, env = "SLUICE_SIDECAR_MEMORY_REQUEST", default_value = "64Mi")]
+    pub sidecar_memory_request: String,
+
+    /// CPU limit of the injected sidecar; none by default, because a CPU limit throttles
+    /// the gate, which is on the record path of the job.
+    #[arg(long, env = "SLUICE_SIDECAR_CPU_LIMIT")]
+    pub sidecar_cpu_limit: Option<String>,
+
+    /// Memory limit of the injected sidecar (a Kubernetes quantity).
+    #[arg(long, env = "SLUICE_SIDECAR_MEMORY_LIMIT", default_value = "256Mi")]
+    pub sidecar_memory_limit: String,
+
+    /// Sink of the injected sidecar (its `--sink`), unless the pod's `sluice.dev/sink`
+    /// annotation names another.
+    #[arg(long, env = "SLUICE_SIDECAR_SINK", default_value = "stdout")]
+    pub sidecar_sink: String,
+
+    /// gRPC URL of this coordinator as the injected sidecars reach it (its Service).
+    #[arg(
+        long,
+        env = "SLUICE_SIDECAR_COORDINATOR",
+        default_value = "http://sluice-coordinator.sluice.svc:7070"
+    )]
+    pub sidecar_coordinator: String,
 }
 
 /// A configuration that cannot be served.
@@ -88,6 +149,53 @@ pub enum ConfigError {
          --allow-non-loopback (SLUICE_ALLOW_NON_LOOPBACK=true) if this is intended"
     )]
     NonLoopback(SocketAddr),
+    /// The webhook or metrics address is not loopback and that was not explicitly allowed.
+    #[error(
+        "refusing --{flag} on non-loopback address {addr}: it is unauthenticated; pass \
+         --allow-non-loopback (SLUICE_ALLOW_NON_LOOPBACK=true) if this is intended"
+    )]
+    NonLoopbackListener {
+        /// The flag naming the address.
+        flag: &'static str,
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// Two listeners were given the same address.
+    #[error("--{0} and --{1} have the same address {2}")]
+    SameAddress(&'static str, &'static str, SocketAddr),
+    /// A flag that the webhook needs is missing.
+    #[error("--webhook-listen needs --{0}")]
+    WebhookNeeds(&'static str),
+    /// A webhook-only flag was given without --webhook-listen (likely a mistake).
+    #[error("--{0} is only used with --webhook-listen")]
+    WebhookOnly(&'static str),
+    /// A webhook certificate or key file does not exist or is not a file.
+    #[error("--{flag} {path} is not a readable file")]
+    WebhookFile {
+        /// The flag naming the file.
+        flag: &'static str,
+        /// The file.
+        path: PathBuf,
+    },
+    /// A sidecar resource is not a Kubernetes quantity (a pod with it would be refused).
+    #[error("--{flag} {value:?} is not a Kubernetes quantity (e.g. 100m, 0.5, 64Mi, 1Gi)")]
+    BadQuantity {
+        /// The flag.
+        flag: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// A sidecar setting that ends up in every injected pod is empty or has whitespace.
+    #[error("--{flag} {value:?} must be non-empty and without whitespace")]
+    BadSidecarValue {
+        /// The flag.
+        flag: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// The coordinator URL given to sidecars is not an http(s) URL.
+    #[error("--sidecar-coordinator {0:?} must be an http:// or https:// URL")]
+    BadCoordinatorUrl(String),
     /// The state file path is empty.
     #[error("--state-file must not be empty")]
     EmptyStateFile,
@@ -120,6 +228,8 @@ impl Config {
         {
             return Err(ConfigError::StateDirMissing(self.state_file.clone()));
         }
+        self.validate_listeners()?;
+        self.validate_webhook()?;
         for (name, d) in [
             ("heartbeat-interval", self.heartbeat_interval),
             ("tick-interval", self.tick_interval),
@@ -134,6 +244,118 @@ impl Config {
         self.default_settings()?
             .validate()
             .map_err(ConfigError::Settings)
+    }
+
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
+        let listeners = [
+            ("listen", Some(self.listen)),
+            ("webhook-listen", self.webhook_listen),
+            ("metrics-listen", self.metrics_listen),
+        ];
+        for (flag, addr) in listeners.iter().skip(1) {
+            if let Some(addr) = addr
+                && !addr.ip().is_loopback()
+                && !self.allow_non_loopback
+            {
+                return Err(ConfigError::NonLoopbackListener { flag, addr: *addr });
+            }
+        }
+        for (i, (a_flag, a)) in listeners.iter().enumerate() {
+            for (b_flag, b) in &listeners[i + 1..] {
+                // Port 0 picks a free port for each listener: no clash.
+                if let (Some(a), Some(b)) = (a, b)
+                    && a == b
+                    && a.port() != 0
+                {
+                    return Err(ConfigError::SameAddress(a_flag, b_flag, *a));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_webhook(&self) -> Result<(), ConfigError> {
+        if self.webhook_listen.is_none() {
+            for (flag, given) in [
+                ("webhook-cert", self.webhook_cert.is_some()),
+                ("webhook-key", self.webhook_key.is_some()),
+            ] {
+                if given {
+                    return Err(ConfigError::WebhookOnly(flag));
+                }
+            }
+            return Ok(());
+        }
+        for (flag, path) in [
+            ("webhook-cert", &self.webhook_cert),
+            ("webhook-key", &self.webhook_key),
+        ] {
+            let path = path.as_ref().ok_or(ConfigError::WebhookNeeds(flag))?;
+            // `is_file` follows symlinks, as a Secret volume's files are.
+            if !path.is_file() {
+                return Err(ConfigError::WebhookFile {
+                    flag,
+                    path: path.clone(),
+                });
+            }
+        }
+        if self.webhook_reload_interval.is_zero() {
+            return Err(ConfigError::ZeroInterval("webhook-reload-interval"));
+        }
+        self.injection()?;
+        Ok(())
+    }
+
+    /// What the webhook injects, from the `--sidecar-*` flags; `None` without --webhook-listen.
+    pub fn injection(&self) -> Result<Option<InjectionConfig>, ConfigError> {
+        if self.webhook_listen.is_none() {
+            return Ok(None);
+        }
+        let image = self
+            .sidecar_image
+            .clone()
+            .ok_or(ConfigError::WebhookNeeds("sidecar-image"))?;
+        for (flag, value) in [
+            ("sidecar-image", &image),
+            ("sidecar-sink", &self.sidecar_sink),
+        ] {
+            if value.is_empty() || value.chars().any(char::is_whitespace) {
+                return Err(ConfigError::BadSidecarValue {
+                    flag,
+                    value: value.clone(),
+                });
+            }
+        }
+        let url = &self.sidecar_coordinator;
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"));
+        if rest.is_none_or(|r| r.is_empty() || r.chars().any(char::is_whitespace)) {
+            return Err(ConfigError::BadCoordinatorUrl(url.clone()));
+        }
+        let quantity = |flag: &'static str, value: &str| {
+            if is_quantity(value) {
+                Ok(value.to_owned())
+            } else {
+                Err(ConfigError::BadQuantity {
+                    flag,
+                    value: value.to_owned(),
+                })
+            }
+        };
+        Ok(Some(InjectionConfig {
+            image,
+            cpu_request: quantity("sidecar-cpu-request", &self.sidecar_cpu_request)?,
+            memory_request: quantity("sidecar-memory-request", &self.sidecar_memory_request)?,
+            cpu_limit: self
+                .sidecar_cpu_limit
+                .as_deref()
+                .map(|v| quantity("sidecar-cpu-limit", v))
+                .transpose()?,
+            memory_limit: quantity("sidecar-memory-limit", &self.sidecar_memory_limit)?,
+            sink: self.sidecar_sink.clone(),
+            coordinator: url.clone(),
+        }))
     }
 
     /// The per-cutover defaults, used where a StartCutover request leaves a field unset.
@@ -158,6 +380,44 @@ impl Config {
             gate_expiry_ms: unsigned_ms("gate-expiry", self.gate_expiry)?,
         })
     }
+}
+
+/// Whether `s` is a Kubernetes resource quantity: a non-negative decimal number with an
+/// optional binary (`Ki`..`Ei`), decimal (`n`, `u`, `m`, `k`, `M`..`E`) or exponent suffix.
+/// Checked here because the API server refuses a pod with a bad quantity, so a typo would
+/// stop every injected TaskManager from being created.
+fn is_quantity(s: &str) -> bool {
+    let s = s.strip_prefix('+').unwrap_or(s);
+    let digits_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(digits_end);
+    let valid_number = !number.is_empty()
+        && number != "."
+        && number.matches('.').count() <= 1
+        && number.chars().any(|c| c.is_ascii_digit());
+    let valid_suffix = matches!(
+        suffix,
+        "" | "n"
+            | "u"
+            | "m"
+            | "k"
+            | "M"
+            | "G"
+            | "T"
+            | "P"
+            | "E"
+            | "Ki"
+            | "Mi"
+            | "Gi"
+            | "Ti"
+            | "Pi"
+            | "Ei"
+    ) || suffix
+        .strip_prefix(['e', 'E'])
+        .map(|e| e.strip_prefix(['+', '-']).unwrap_or(e))
+        .is_some_and(|e| !e.is_empty() && e.chars().all(|c| c.is_ascii_digit()));
+    valid_number && valid_suffix
 }
 
 fn unsigned_ms(name: &'static str, d: Duration) -> Result<u64, ConfigError> {

@@ -27,6 +27,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use crate::metrics::Metrics;
 use crate::status;
 use crate::store::{StateStore, StoreError};
 
@@ -344,6 +345,7 @@ impl Engine {
         mut rx: mpsc::Receiver<Command>,
         stop: CancellationToken,
         timing: Timing,
+        metrics: Metrics,
     ) -> Result<(), PersistError> {
         let mut tick = tokio::time::interval(timing.tick);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -353,7 +355,11 @@ impl Engine {
             tokio::select! {
                 () = stop.cancelled() => return Ok(()),
                 cmd = rx.recv() => match cmd {
-                    Some(cmd) => self.handle(cmd).await?,
+                    Some(cmd) => {
+                        self.handle(cmd).await?;
+                        // Only an attach adds a pipeline; setting a gauge is cheap.
+                        metrics.set_pipelines(self.pipelines.len());
+                    }
                     None => return Ok(()),
                 },
                 _ = tick.tick() => self.tick_all().await?,

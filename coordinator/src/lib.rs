@@ -10,19 +10,25 @@
 //! - `gate_service`: `sluice.v1.GateControl` (one bidirectional stream per gate).
 //! - `cutover_service`: `sluice.v1.Cutover` (start, abort, get, list, watch).
 //! - `status`: core state and events to the `Cutover` wire types.
+//! - [`webhook`]: the Kubernetes mutating admission webhook (HTTPS) that injects the gate
+//!   sidecar into Flink TaskManager pods, and its certificate reloading.
+//! - [`metrics`]: Prometheus metrics (plain HTTP).
 //!
 //! Server reflection (v1 and v1alpha) and the standard health service are served alongside.
 //!
-//! Entry points: [`run`], or [`Coordinator::open`] then [`Coordinator::serve`] to load the state
-//! before binding the listener.
+//! Entry points: [`run`], or [`Coordinator::open`] then [`Coordinator::serve`] (gRPC only) or
+//! [`Coordinator::serve_with`] (gRPC, webhook, metrics) to load the state and the webhook
+//! certificate before binding any listener.
 #![forbid(unsafe_code)]
 
 pub mod config;
 mod cutover_service;
 mod engine;
 mod gate_service;
+pub mod metrics;
 mod status;
 pub mod store;
+pub mod webhook;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -38,7 +44,10 @@ use tokio_util::sync::CancellationToken;
 pub use crate::config::{Config, ConfigError};
 pub use crate::engine::PersistError;
 use crate::engine::{ENGINE_QUEUE, Engine, EngineHandle, OpenError, Timing};
+use crate::metrics::Metrics;
 use crate::store::{FileStore, StateStore, StoreError};
+use crate::webhook::InjectionConfig;
+use crate::webhook::tls::{ReloadingCert, TlsError};
 
 /// Why the coordinator could not start or stopped with a failure.
 #[derive(Debug, Error)]
@@ -64,6 +73,30 @@ pub enum Error {
     /// The engine task panicked.
     #[error("the coordinator engine task failed")]
     EngineTask(#[source] tokio::task::JoinError),
+    /// The webhook certificate or key could not be loaded.
+    #[error("cannot load the webhook certificate")]
+    WebhookTls(#[source] TlsError),
+    /// A webhook listener was given but the webhook is not configured (no --webhook-listen).
+    #[error("a webhook listener was given but --webhook-listen is not set")]
+    WebhookNotConfigured,
+}
+
+/// The listeners to serve on, bound by the caller (so that configuration and state errors
+/// surface before any port is bound, and tests can bind port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC (GateControl, Cutover, health, reflection).
+    pub grpc: TcpListener,
+    /// The admission webhook (HTTPS); needs --webhook-listen and its certificate.
+    pub webhook: Option<TcpListener>,
+    /// Prometheus metrics (HTTP).
+    pub metrics: Option<TcpListener>,
+}
+
+/// The webhook's loaded configuration.
+struct Webhook {
+    injection: Arc<InjectionConfig>,
+    cert: Arc<ReloadingCert>,
 }
 
 /// A coordinator whose state is loaded, ready to serve.
@@ -71,6 +104,8 @@ pub struct Coordinator {
     config: Config,
     store: Arc<dyn StateStore>,
     engine: Engine,
+    webhook: Option<Webhook>,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -79,13 +114,15 @@ impl std::fmt::Debug for Coordinator {
             .field("config", &self.config)
             .field("store", &self.store.describe())
             .field("pipelines", &self.engine.len())
+            .field("webhook", &self.webhook.is_some())
             .finish()
     }
 }
 
 impl Coordinator {
-    /// Validates `config` and loads its state file (restoring every pipeline and writing the
-    /// state back, which proves the file is writable). Nothing is bound yet.
+    /// Validates `config`, loads the webhook certificate if the webhook is on, and loads the
+    /// state file (restoring every pipeline and writing the state back, which proves the file
+    /// is writable). Nothing is bound yet.
     pub async fn open(config: Config) -> Result<Self, Error> {
         config.validate().map_err(Error::Config)?;
         let store = Arc::new(FileStore::new(&config.state_file));
@@ -98,16 +135,32 @@ impl Coordinator {
     pub async fn with_store(config: Config, store: Arc<dyn StateStore>) -> Result<Self, Error> {
         config.validate().map_err(Error::Config)?;
         let options = config.options().map_err(Error::Config)?;
+        // Before the state: a certificate that cannot serve is a configuration error.
+        let webhook = match (
+            config.injection().map_err(Error::Config)?,
+            &config.webhook_cert,
+            &config.webhook_key,
+        ) {
+            (Some(injection), Some(cert), Some(key)) => Some(Webhook {
+                injection: Arc::new(injection),
+                cert: Arc::new(ReloadingCert::load(cert, key).map_err(Error::WebhookTls)?),
+            }),
+            _ => None,
+        };
         let engine = Engine::open(store.clone(), options)
             .await
             .map_err(|e| match e {
                 OpenError::Load(e) => Error::Load(e),
                 OpenError::Persist(e) => Error::Persist(PersistError(e)),
             })?;
+        let metrics = Metrics::new();
+        metrics.set_pipelines(engine.len());
         Ok(Self {
             config,
             store,
             engine,
+            webhook,
+            metrics,
         })
     }
 
@@ -116,20 +169,62 @@ impl Coordinator {
         self.engine.len()
     }
 
-    /// Serves on `listener` until `shutdown` completes (then ends every stream and returns
-    /// `Ok`), or until the state cannot be persisted (then returns the error).
+    /// The metrics this coordinator updates (also served on the metrics listener).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Serves gRPC on `listener` until `shutdown` completes (then ends every stream and
+    /// returns `Ok`), or until the state cannot be persisted (then returns the error). No
+    /// webhook or metrics listener: see [`Coordinator::serve_with`].
     pub async fn serve(
         self,
         listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        self.serve_with(
+            Listeners {
+                grpc: listener,
+                webhook: None,
+                metrics: None,
+            },
+            shutdown,
+        )
+        .await
+    }
+
+    /// Serves gRPC, and the webhook and metrics on their listeners if given, until
+    /// `shutdown` completes or the state cannot be persisted; every server stops then. The
+    /// webhook and metrics servers run in their own tasks: nothing that happens there stops
+    /// the gRPC service.
+    pub async fn serve_with(
+        self,
+        listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
         let Coordinator {
             config,
             store,
             engine,
+            webhook,
+            metrics,
         } = self;
+        let Listeners {
+            grpc: listener,
+            webhook: webhook_listener,
+            metrics: metrics_listener,
+        } = listeners;
         let defaults = config.default_settings().map_err(Error::Config)?;
         let addr = listener.local_addr().map_err(Error::Listener)?;
+        let webhook_tls = match (&webhook, &webhook_listener) {
+            (None, Some(_)) => return Err(Error::WebhookNotConfigured),
+            (Some(w), Some(_)) => Some(w.cert.server_config().map_err(Error::WebhookTls)?),
+            (Some(_), None) => {
+                tracing::warn!("the webhook is configured but no webhook listener was given");
+                None
+            }
+            (None, None) => None,
+        };
         tracing::info!(
             listen = %addr, state = %store.describe(), pipelines = engine.len(),
             "coordinator serving"
@@ -145,8 +240,11 @@ impl Coordinator {
             status: config.status_interval,
         };
         let engine_stop = stop.clone();
+        let engine_metrics = metrics.clone();
         let engine_task = tokio::spawn(async move {
-            let result = engine.run(rx, engine_stop.clone(), timing).await;
+            let result = engine
+                .run(rx, engine_stop.clone(), timing, engine_metrics)
+                .await;
             if let Err(e) = &result {
                 tracing::error!(error = %e, cause = %e.0, "stopping the coordinator");
                 engine_stop.cancel();
@@ -175,6 +273,30 @@ impl Coordinator {
             .build_v1alpha()
             .map_err(Error::Reflection)?;
 
+        let mut side_tasks = tokio::task::JoinSet::new();
+        if let (Some(webhook), Some(listener), Some(tls)) = (webhook, webhook_listener, webhook_tls)
+        {
+            side_tasks.spawn(webhook.cert.clone().watch(
+                config.webhook_reload_interval,
+                metrics.clone(),
+                stop.clone(),
+            ));
+            side_tasks.spawn(webhook::server::serve_webhook(
+                listener,
+                tokio_rustls::TlsAcceptor::from(tls),
+                webhook.injection,
+                metrics.clone(),
+                stop.clone(),
+            ));
+        }
+        if let Some(listener) = metrics_listener {
+            side_tasks.spawn(webhook::server::serve_metrics(
+                listener,
+                metrics.clone(),
+                stop.clone(),
+            ));
+        }
+
         let signal_stop = stop.clone();
         let signal = async move {
             tokio::select! {
@@ -193,6 +315,13 @@ impl Coordinator {
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
             .await;
         stop.cancel();
+        // The webhook and metrics servers stop on `stop` (bounded by their shutdown grace); a
+        // panic there is logged, never turned into a coordinator failure.
+        while let Some(done) = side_tasks.join_next().await {
+            if let Err(e) = done {
+                tracing::error!(error = %e, "a webhook or metrics task failed");
+            }
+        }
         // A persistence failure is the more important error: report it even if the server
         // also failed while stopping.
         engine_task.await.map_err(Error::EngineTask)??;

@@ -1,12 +1,15 @@
 //! `coordinator`: the sluice coordinator binary. Thin: parse the configuration, set up logging,
-//! load the state, bind, serve until ctrl-c or SIGTERM. Everything else is in the library.
+//! load the state and the webhook certificate, bind every listener, serve until ctrl-c or
+//! SIGTERM. Everything else is in the library.
 #![forbid(unsafe_code)]
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use sluice_coordinator::{Config, Coordinator};
+use sluice_coordinator::{Config, Coordinator, Listeners};
+use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -29,18 +32,35 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    // Configuration and state errors surface before any port is bound.
-    let listen = config.listen;
+    // Configuration, certificate and state errors surface before any port is bound.
+    let (listen, webhook, metrics) = (config.listen, config.webhook_listen, config.metrics_listen);
     let coordinator = Coordinator::open(config)
         .await
         .context("cannot start the coordinator")?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let grpc = bind(listen).await?;
+    let webhook = match webhook {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let metrics = match metrics {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let listeners = Listeners {
+        grpc,
+        webhook,
+        metrics,
+    };
     coordinator
-        .serve(listener, shutdown_signal())
+        .serve_with(listeners, shutdown_signal())
         .await
         .context("coordinator failed")
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
 }
 
 /// Completes on ctrl-c or SIGTERM (what Kubernetes sends on pod deletion).

@@ -1,0 +1,905 @@
+//! The pure decision of the webhook: does a pod get the gate sidecar, under which pipeline and
+//! deployment, and the JSON patch (RFC 6902) that injects it.
+//!
+//! What an opted-in Flink TaskManager pod gets (every addition is skipped if the pod already
+//! has it, and a pod that carries [`ANNOTATION_INJECTED`] or a [`SIDECAR_NAME`] container is
+//! left alone, so injecting twice is a no-op):
+//!
+//! - the gate sidecar as a Kubernetes *native sidecar* (an init container with
+//!   `restartPolicy: Always`, Kubernetes >= 1.29): it starts before the TaskManager and is
+//!   stopped only after it, so the records the job's sink handed over last are still decided
+//!   and flushed to the real sink when the TaskManager stops;
+//! - an `emptyDir` volume [`VOLUME_NAME`] mounted at [`SOCKET_DIR`] in the sidecar and in the
+//!   Flink containers, holding the Unix socket and the sidecar's high-mark file (which must
+//!   survive a restart of the sidecar container, and does: an `emptyDir` lives as long as the
+//!   pod);
+//! - the environment of the sidecar and of the Flink containers (the job's sink reads
+//!   `SLUICE_SOCKET`, `SLUICE_PIPELINE`, `SLUICE_DEPLOYMENT`); a variable the user already set
+//!   is kept;
+//! - the annotation [`ANNOTATION_INJECTED`].
+//!
+//! The patch is computed from the typed pod (whose lists keep the API server's order) and only
+//! ever *adds*: fields the typed model does not know are untouched in the real object.
+
+use std::collections::BTreeMap;
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, Pod, Probe, ResourceRequirements, SeccompProfile,
+    SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
+use thiserror::Error;
+
+/// Prefix of every annotation the webhook reads or writes.
+pub const ANNOTATION_PREFIX: &str = "sluice.dev/";
+/// Opt-in annotation: `"true"` asks for the sidecar.
+pub const ANNOTATION_INJECT: &str = "sluice.dev/inject";
+/// Set on an injected pod; its presence makes the webhook leave the pod alone.
+pub const ANNOTATION_INJECTED: &str = "sluice.dev/injected";
+/// Pipeline id, `namespace/name`; defaults to `<pod namespace>/<label app>`.
+pub const ANNOTATION_PIPELINE: &str = "sluice.dev/pipeline";
+/// Deployment id; defaults to the label `app` (the FlinkDeployment's name).
+pub const ANNOTATION_DEPLOYMENT: &str = "sluice.dev/deployment";
+/// Sink of this pod's sidecar; defaults to the coordinator's `--sidecar-sink`.
+pub const ANNOTATION_SINK: &str = "sluice.dev/sink";
+/// Label the Flink Kubernetes Operator sets to the FlinkDeployment's name.
+pub const LABEL_APP: &str = "app";
+/// Label the Flink Kubernetes Operator sets to `jobmanager` or `taskmanager`.
+pub const LABEL_COMPONENT: &str = "component";
+/// The value of [`LABEL_COMPONENT`] on the pods that get a sidecar.
+pub const TASKMANAGER: &str = "taskmanager";
+/// Name of the main container of a pod created by Flink's native Kubernetes integration.
+pub const FLINK_MAIN_CONTAINER: &str = "flink-main-container";
+/// Name of the injected sidecar container.
+pub const SIDECAR_NAME: &str = "sluice-gate";
+/// Name of the injected volume holding the socket.
+pub const VOLUME_NAME: &str = "sluice-socket";
+/// Where the volume is mounted, in the sidecar and the Flink containers.
+pub const SOCKET_DIR: &str = "/var/run/sluice";
+/// The Unix socket the job's sink connects to.
+pub const SOCKET_PATH: &str = "/var/run/sluice/gate.sock";
+/// The sidecar's persisted high-mark ceiling (on the pod's `emptyDir`, see the sidecar).
+pub const HIGH_MARK_PATH: &str = "/var/run/sluice/gate.highmark";
+/// Port of the sidecar's `/livez` and `/readyz` (bound on every interface, for the kubelet).
+pub const HEALTH_PORT: i32 = 9901;
+/// Name of [`HEALTH_PORT`] in the sidecar's ports (probes refer to it by name).
+pub const HEALTH_PORT_NAME: &str = "sluice-health";
+/// User (and group) the sidecar runs as: the conventional unprivileged "nonroot" id.
+pub const SIDECAR_USER: i64 = 65532;
+
+/// Environment variables the webhook gives the Flink containers.
+pub const JOB_ENV: [&str; 3] = ["SLUICE_SOCKET", "SLUICE_PIPELINE", "SLUICE_DEPLOYMENT"];
+
+/// What the webhook injects (from the coordinator's `--sidecar-*` flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InjectionConfig {
+    /// Container image of the gate sidecar.
+    pub image: String,
+    /// CPU request (a Kubernetes quantity).
+    pub cpu_request: String,
+    /// Memory request (a Kubernetes quantity).
+    pub memory_request: String,
+    /// CPU limit, if any (a Kubernetes quantity).
+    pub cpu_limit: Option<String>,
+    /// Memory limit (a Kubernetes quantity).
+    pub memory_limit: String,
+    /// Default sink of the sidecar (`SLUICE_SINK`).
+    pub sink: String,
+    /// gRPC URL of the coordinator, as the sidecar reaches it (`SLUICE_COORDINATOR`).
+    pub coordinator: String,
+}
+
+/// A pod that gets the sidecar.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Injection {
+    /// Pipeline id given to the sidecar and the job.
+    pub pipeline: String,
+    /// Deployment id given to the sidecar and the job.
+    pub deployment: String,
+    /// The additions, as a JSON patch against the pod the API server sent.
+    pub patch: Patch,
+    /// Things the pod's author should know (e.g. an environment variable that was kept).
+    pub warnings: Vec<String>,
+}
+
+/// Why a pod is admitted unchanged. One variant per cause.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Skip {
+    /// The pod does not carry the opt-in annotation.
+    #[error("not opted in (no annotation {ANNOTATION_INJECT}: \"true\")")]
+    NotOptedIn,
+    /// The opt-in annotation has a value other than `"true"` or `"false"`.
+    #[error("annotation {ANNOTATION_INJECT} is {0:?}; only \"true\" opts in")]
+    BadOptIn(String),
+    /// The pod is not a Flink TaskManager (only TaskManagers run sink subtasks).
+    #[error("not a Flink TaskManager (label {LABEL_COMPONENT} is {0:?})")]
+    NotTaskManager(Option<String>),
+    /// The pod already has the sidecar (or the annotation saying so).
+    #[error("already injected")]
+    AlreadyInjected,
+    /// The pod says it is injected but has no sidecar container (e.g. copied annotations).
+    #[error(
+        "annotation {ANNOTATION_INJECTED} is set but there is no {SIDECAR_NAME} container: \
+         remove the annotation to get the gate"
+    )]
+    MarkedWithoutSidecar,
+    /// Neither a pipeline annotation nor a namespace and an `app` label.
+    #[error(
+        "no pipeline id: set annotation {ANNOTATION_PIPELINE}: namespace/name (or label \
+         {LABEL_APP})"
+    )]
+    NoPipeline,
+    /// Neither a deployment annotation nor an `app` label.
+    #[error("no deployment id: set annotation {ANNOTATION_DEPLOYMENT} (or label {LABEL_APP})")]
+    NoDeployment,
+    /// The pipeline id is not `namespace/name`.
+    #[error("pipeline id {0:?} is not namespace/name")]
+    BadPipeline(String),
+    /// The deployment id is empty, too long, or has a `/` or whitespace.
+    #[error("deployment id {0:?} is not a simple name")]
+    BadDeployment(String),
+    /// The sink annotation is empty or has whitespace.
+    #[error("annotation {ANNOTATION_SINK} {0:?} is not a sink")]
+    BadSink(String),
+    /// The pod has no spec or no container to give the socket to.
+    #[error("the pod has no containers")]
+    NoContainers,
+    /// Something the webhook would add already exists with another meaning.
+    #[error("{0}: not injecting rather than overwriting it")]
+    Conflict(String),
+}
+
+impl Skip {
+    /// The warning returned to the pod's creator, for a pod that asked for the sidecar but
+    /// does not get it. `None` for a pod that did not ask, or already has it.
+    pub fn warning(&self) -> Option<String> {
+        match self {
+            Skip::NotOptedIn | Skip::NotTaskManager(_) | Skip::AlreadyInjected => None,
+            _ => Some(format!("sluice: gate sidecar not injected: {self}")),
+        }
+    }
+}
+
+/// Decides whether `pod` gets the gate sidecar and returns the patch that injects it.
+///
+/// `namespace` is the admission request's namespace: on CREATE the API server often sends a
+/// pod without `metadata.namespace` (and without a name, when it has `generateName`).
+pub fn mutate(
+    pod: &Pod,
+    namespace: Option<&str>,
+    config: &InjectionConfig,
+) -> Result<Injection, Skip> {
+    let meta = &pod.metadata;
+    let annotations = meta.annotations.as_ref();
+    let annotation = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
+    let label = |key: &str| {
+        meta.labels
+            .as_ref()
+            .and_then(|l| l.get(key))
+            .map(String::as_str)
+    };
+
+    match annotation(ANNOTATION_INJECT) {
+        Some("true") => {}
+        None | Some("false") => return Err(Skip::NotOptedIn),
+        Some(other) => return Err(Skip::BadOptIn(other.to_owned())),
+    }
+    if label(LABEL_COMPONENT) != Some(TASKMANAGER) {
+        return Err(Skip::NotTaskManager(
+            label(LABEL_COMPONENT).map(str::to_owned),
+        ));
+    }
+    let spec = pod.spec.as_ref().ok_or(Skip::NoContainers)?;
+    let init = spec.init_containers.as_deref().unwrap_or_default();
+    let has_sidecar = spec
+        .containers
+        .iter()
+        .chain(init)
+        .any(|c| c.name == SIDECAR_NAME);
+    if has_sidecar {
+        return Err(Skip::AlreadyInjected);
+    }
+    if annotation(ANNOTATION_INJECTED).is_some() {
+        return Err(Skip::MarkedWithoutSidecar);
+    }
+
+    let namespace = namespace
+        .filter(|n| !n.is_empty())
+        .or(meta.namespace.as_deref());
+    let app = label(LABEL_APP).filter(|a| !a.is_empty());
+    let pipeline = match (annotation(ANNOTATION_PIPELINE), namespace, app) {
+        (Some(p), _, _) => p.to_owned(),
+        (None, Some(ns), Some(app)) => format!("{ns}/{app}"),
+        (None, _, _) => return Err(Skip::NoPipeline),
+    };
+    if !is_pipeline_id(&pipeline) {
+        return Err(Skip::BadPipeline(pipeline));
+    }
+    let deployment = annotation(ANNOTATION_DEPLOYMENT)
+        .or(app)
+        .ok_or(Skip::NoDeployment)?
+        .to_owned();
+    if !is_simple_name(&deployment) {
+        return Err(Skip::BadDeployment(deployment));
+    }
+    let sink = annotation(ANNOTATION_SINK)
+        .unwrap_or(&config.sink)
+        .to_owned();
+    if sink.is_empty() || sink.chars().any(char::is_whitespace) {
+        return Err(Skip::BadSink(sink));
+    }
+
+    // The Flink containers: the operator's main container, else every regular container.
+    let targets: Vec<usize> = match spec
+        .containers
+        .iter()
+        .position(|c| c.name == FLINK_MAIN_CONTAINER)
+    {
+        Some(i) => vec![i],
+        None => (0..spec.containers.len()).collect(),
+    };
+    if targets.is_empty() {
+        return Err(Skip::NoContainers);
+    }
+
+    let volumes = spec.volumes.as_deref().unwrap_or_default();
+    if volumes.iter().any(|v| v.name == VOLUME_NAME) {
+        return Err(Skip::Conflict(format!(
+            "the pod already has a volume named {VOLUME_NAME}"
+        )));
+    }
+    for &i in &targets {
+        let c = &spec.containers[i];
+        let mounts = c.volume_mounts.as_deref().unwrap_or_default();
+        if mounts.iter().any(|m| m.mount_path == SOCKET_DIR) {
+            return Err(Skip::Conflict(format!(
+                "container {} already mounts something at {SOCKET_DIR}",
+                c.name
+            )));
+        }
+    }
+
+    let mut ops = Patch(Vec::new());
+    let mut warnings = Vec::new();
+
+    // The marker first: should the API server apply only part of a patch (it does not), a
+    // second pass would still leave the pod alone rather than double anything.
+    append_to_map(
+        &mut ops,
+        &["metadata", "annotations"],
+        annotations.is_some(),
+        ANNOTATION_INJECTED,
+        "true",
+    );
+    append_to_list(
+        &mut ops,
+        &["spec", "volumes"],
+        spec.volumes.is_some(),
+        &socket_volume(),
+    );
+    let identity = [
+        ("SLUICE_SOCKET", SOCKET_PATH),
+        ("SLUICE_PIPELINE", pipeline.as_str()),
+        ("SLUICE_DEPLOYMENT", deployment.as_str()),
+    ];
+    for &i in &targets {
+        let c = &spec.containers[i];
+        let base = ["spec", "containers", &i.to_string()].map(str::to_owned);
+        let at = |field: &str| {
+            let mut p = base.to_vec();
+            p.push(field.to_owned());
+            p
+        };
+        append_to_list(
+            &mut ops,
+            &at("volumeMounts"),
+            c.volume_mounts.is_some(),
+            &socket_mount(),
+        );
+        let env = c.env.as_deref().unwrap_or_default();
+        let mut env_exists = c.env.is_some();
+        for (name, value) in identity {
+            if let Some(set) = env.iter().find(|e| e.name == name) {
+                if set.value.as_deref() != Some(value) {
+                    warnings.push(format!(
+                        "sluice: container {} sets {name} itself; kept (the gate expects {value})",
+                        c.name
+                    ));
+                }
+                continue;
+            }
+            append_to_list(&mut ops, &at("env"), env_exists, &env_var(name, value));
+            env_exists = true;
+        }
+    }
+    append_to_list(
+        &mut ops,
+        &["spec", "initContainers"],
+        spec.init_containers.is_some(),
+        &sidecar(config, &pipeline, &deployment, &sink),
+    );
+
+    Ok(Injection {
+        pipeline,
+        deployment,
+        patch: ops,
+        warnings,
+    })
+}
+
+/// `namespace/name`, both parts non-empty simple names.
+fn is_pipeline_id(s: &str) -> bool {
+    s.split_once('/')
+        .is_some_and(|(ns, name)| is_simple_name(ns) && is_simple_name(name))
+}
+
+/// Non-empty, at most 253 bytes (a Kubernetes name), no `/`, no whitespace or control
+/// character (the ids end up in environment variables, logs and the state file).
+fn is_simple_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && !s
+            .chars()
+            .any(|c| c == '/' || c.is_whitespace() || c.is_control())
+}
+
+fn pointer<S: AsRef<str>>(tokens: &[S]) -> PointerBuf {
+    PointerBuf::from_tokens(tokens.iter().map(AsRef::as_ref))
+}
+
+fn add(ops: &mut Patch, tokens: &[impl AsRef<str>], value: serde_json::Value) {
+    ops.0.push(PatchOperation::Add(AddOperation {
+        path: pointer(tokens),
+        value,
+    }));
+}
+
+fn to_value(v: &impl Serialize) -> serde_json::Value {
+    // Serializing the k8s-openapi types into a `Value` cannot fail (string keys only).
+    serde_json::to_value(v).expect("k8s-openapi types serialize to JSON")
+}
+
+/// Appends `item` to the list at `path`, creating the list if the pod has none.
+fn append_to_list(ops: &mut Patch, path: &[impl AsRef<str>], exists: bool, item: &impl Serialize) {
+    if exists {
+        let mut p: Vec<&str> = path.iter().map(AsRef::as_ref).collect();
+        p.push("-");
+        add(ops, &p, to_value(item));
+    } else {
+        add(ops, path, serde_json::Value::Array(vec![to_value(item)]));
+    }
+}
+
+/// Sets `key` in the map at `path`, creating the map if the pod has none.
+fn append_to_map(ops: &mut Patch, path: &[&str], exists: bool, key: &str, value: &str) {
+    if exists {
+        let mut p = path.to_vec();
+        p.push(key);
+        add(ops, &p, value.into());
+    } else {
+        add(ops, path, serde_json::json!({ key: value }));
+    }
+}
+
+fn socket_volume() -> Volume {
+    Volume {
+        name: VOLUME_NAME.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }
+}
+
+fn socket_mount() -> VolumeMount {
+    VolumeMount {
+        name: VOLUME_NAME.into(),
+        mount_path: SOCKET_DIR.into(),
+        ..Default::default()
+    }
+}
+
+fn env_var(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String(HEALTH_PORT_NAME.into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Default::default()
+    }
+}
+
+/// The gate sidecar container.
+pub fn sidecar(
+    config: &InjectionConfig,
+    pipeline: &str,
+    deployment: &str,
+    sink: &str,
+) -> Container {
+    let quantities = |pairs: &[(&str, Option<&String>)]| -> BTreeMap<String, Quantity> {
+        pairs
+            .iter()
+            .filter_map(|(k, v)| v.map(|v| ((*k).to_owned(), Quantity(v.clone()))))
+            .collect()
+    };
+    let mut env = vec![
+        env_var("SLUICE_COORDINATOR", &config.coordinator),
+        env_var("SLUICE_PIPELINE", pipeline),
+        env_var("SLUICE_DEPLOYMENT", deployment),
+        env_var("SLUICE_SOCKET", SOCKET_PATH),
+        env_var("SLUICE_HIGH_MARK_FILE", HIGH_MARK_PATH),
+    ];
+    // The pod's final name (on CREATE the pod often has only a generateName): a stable gate
+    // id for the life of the pod, also across restarts of the sidecar container.
+    env.push(EnvVar {
+        name: "SLUICE_GATE_ID".into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.name".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    env.push(env_var("SLUICE_SINK", sink));
+    env.push(env_var(
+        "SLUICE_HEALTH_LISTEN",
+        &format!("0.0.0.0:{HEALTH_PORT}"),
+    ));
+    Container {
+        name: SIDECAR_NAME.into(),
+        image: Some(config.image.clone()),
+        // Native sidecar: an init container that keeps running (see the module doc).
+        restart_policy: Some("Always".into()),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some(HEALTH_PORT_NAME.into()),
+            container_port: HEALTH_PORT,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities(&[
+                ("cpu", Some(&config.cpu_request)),
+                ("memory", Some(&config.memory_request)),
+            ])),
+            limits: Some(quantities(&[
+                ("cpu", config.cpu_limit.as_ref()),
+                ("memory", Some(&config.memory_limit)),
+            ])),
+            ..Default::default()
+        }),
+        // Startup waits only for the process (the TaskManager starts once it is up; records
+        // are held until the coordinator answers: the gate fails closed). Readiness also needs
+        // the socket bound and an assignment from the coordinator.
+        startup_probe: Some(http_probe("/livez", 1, 30)),
+        liveness_probe: Some(http_probe("/livez", 10, 3)),
+        readiness_probe: Some(http_probe("/readyz", 5, 2)),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(SIDECAR_USER),
+            run_as_group: Some(SIDECAR_USER),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![socket_mount()]),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::PodSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use serde_json::{Value, json};
+
+    fn config() -> InjectionConfig {
+        InjectionConfig {
+            image: "registry.example/sluice/gate-sidecar:0.1.0".into(),
+            cpu_request: "100m".into(),
+            memory_request: "64Mi".into(),
+            cpu_limit: None,
+            memory_limit: "256Mi".into(),
+            sink: "stdout".into(),
+            coordinator: "http://sluice-coordinator.sluice.svc:7070".into(),
+        }
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+        )
+    }
+
+    /// A TaskManager pod as the Flink operator makes it, opted in.
+    fn tm(annotations: &[(&str, &str)]) -> Pod {
+        let mut all = vec![(ANNOTATION_INJECT, "true")];
+        all.extend_from_slice(annotations);
+        Pod {
+            metadata: ObjectMeta {
+                generate_name: Some("orders-v1-taskmanager-1-".into()),
+                labels: map(&[
+                    ("app", "orders-v1"),
+                    ("component", "taskmanager"),
+                    ("type", "flink-native-kubernetes"),
+                ]),
+                annotations: map(&all),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: FLINK_MAIN_CONTAINER.into(),
+                    image: Some("flink:2.1".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn apply(pod: &Pod, inj: &Injection) -> Pod {
+        let mut doc = serde_json::to_value(pod).unwrap();
+        json_patch::patch(&mut doc, &inj.patch).unwrap();
+        serde_json::from_value(doc).unwrap()
+    }
+
+    fn env_of(c: &Container) -> BTreeMap<String, Value> {
+        c.env
+            .iter()
+            .flatten()
+            .map(|e| {
+                let v = match (&e.value, &e.value_from) {
+                    (Some(v), _) => json!(v),
+                    (None, Some(from)) => serde_json::to_value(from).unwrap(),
+                    (None, None) => Value::Null,
+                };
+                (e.name.clone(), v)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_opted_in_taskmanager_gets_sidecar_volume_mounts_env_and_marker() {
+        let pod = tm(&[]);
+        let inj = mutate(&pod, Some("shop"), &config()).unwrap();
+        assert_eq!(inj.pipeline, "shop/orders-v1");
+        assert_eq!(inj.deployment, "orders-v1");
+        assert!(inj.warnings.is_empty());
+        let out = apply(&pod, &inj);
+        let spec = out.spec.as_ref().unwrap();
+        assert_eq!(
+            out.metadata.annotations.as_ref().unwrap()[ANNOTATION_INJECTED],
+            "true"
+        );
+        let init = spec.init_containers.as_ref().unwrap();
+        assert_eq!(init.len(), 1);
+        let side = &init[0];
+        assert_eq!(side.name, SIDECAR_NAME);
+        assert_eq!(side.restart_policy.as_deref(), Some("Always"));
+        let env = env_of(side);
+        assert_eq!(env["SLUICE_PIPELINE"], "shop/orders-v1");
+        assert_eq!(env["SLUICE_DEPLOYMENT"], "orders-v1");
+        assert_eq!(env["SLUICE_SOCKET"], SOCKET_PATH);
+        assert_eq!(env["SLUICE_HIGH_MARK_FILE"], HIGH_MARK_PATH);
+        assert_eq!(env["SLUICE_SINK"], "stdout");
+        assert_eq!(env["SLUICE_HEALTH_LISTEN"], "0.0.0.0:9901");
+        assert_eq!(
+            env["SLUICE_COORDINATOR"],
+            "http://sluice-coordinator.sluice.svc:7070"
+        );
+        assert_eq!(
+            env["SLUICE_GATE_ID"],
+            json!({"fieldRef": {"fieldPath": "metadata.name"}})
+        );
+        let sc = side.security_context.as_ref().unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.run_as_user, Some(SIDECAR_USER));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_owned()][..])
+        );
+        assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+        for probe in [&side.readiness_probe, &side.liveness_probe] {
+            let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+            assert_eq!(get.port, IntOrString::String(HEALTH_PORT_NAME.into()));
+        }
+        assert_eq!(
+            side.readiness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .as_deref(),
+            Some("/readyz")
+        );
+        let volumes = spec.volumes.as_ref().unwrap();
+        assert_eq!(volumes.len(), 1);
+        assert_eq!(volumes[0].name, VOLUME_NAME);
+        assert!(volumes[0].empty_dir.is_some());
+        let main = &spec.containers[0];
+        assert_eq!(
+            main.volume_mounts.as_ref().unwrap()[0].mount_path,
+            SOCKET_DIR
+        );
+        let env = env_of(main);
+        assert_eq!(env.len(), 3);
+        assert_eq!(env["SLUICE_SOCKET"], SOCKET_PATH);
+        assert_eq!(env["SLUICE_PIPELINE"], "shop/orders-v1");
+        assert_eq!(env["SLUICE_DEPLOYMENT"], "orders-v1");
+    }
+
+    #[test]
+    fn injecting_the_output_again_is_a_no_op() {
+        let pod = tm(&[]);
+        let once = apply(&pod, &mutate(&pod, Some("shop"), &config()).unwrap());
+        assert_eq!(
+            mutate(&once, Some("shop"), &config()),
+            Err(Skip::AlreadyInjected)
+        );
+    }
+
+    #[test]
+    fn annotations_override_the_identity_and_sink() {
+        let pod = tm(&[
+            (ANNOTATION_PIPELINE, "payments/orders"),
+            (ANNOTATION_DEPLOYMENT, "orders-v41"),
+            (ANNOTATION_SINK, "file:/var/run/sluice/out.jsonl"),
+        ]);
+        let inj = mutate(&pod, None, &config()).unwrap();
+        assert_eq!(inj.pipeline, "payments/orders");
+        assert_eq!(inj.deployment, "orders-v41");
+        let out = apply(&pod, &inj);
+        let side = &out.spec.unwrap().init_containers.unwrap()[0];
+        assert_eq!(
+            env_of(side)["SLUICE_SINK"],
+            "file:/var/run/sluice/out.jsonl"
+        );
+    }
+
+    #[test]
+    fn the_namespace_falls_back_to_the_pods_own() {
+        let mut pod = tm(&[]);
+        pod.metadata.namespace = Some("team-a".into());
+        assert_eq!(
+            mutate(&pod, None, &config()).unwrap().pipeline,
+            "team-a/orders-v1"
+        );
+        // The request's namespace wins (it is the one the pod is created in).
+        assert_eq!(
+            mutate(&pod, Some("team-b"), &config()).unwrap().pipeline,
+            "team-b/orders-v1"
+        );
+    }
+
+    #[test]
+    fn pods_that_did_not_opt_in_or_are_not_taskmanagers_are_skipped_silently() {
+        let mut pod = tm(&[]);
+        pod.metadata.annotations = None;
+        assert_eq!(mutate(&pod, Some("ns"), &config()), Err(Skip::NotOptedIn));
+        let pod = tm(&[(ANNOTATION_INJECT, "false")]);
+        assert_eq!(mutate(&pod, Some("ns"), &config()), Err(Skip::NotOptedIn));
+
+        let mut jm = tm(&[]);
+        jm.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("component".into(), "jobmanager".into());
+        let skip = mutate(&jm, Some("ns"), &config()).unwrap_err();
+        assert_eq!(skip, Skip::NotTaskManager(Some("jobmanager".into())));
+        assert_eq!(skip.warning(), None);
+        assert_eq!(Skip::NotOptedIn.warning(), None);
+    }
+
+    #[test]
+    fn an_opted_in_pod_that_cannot_be_injected_gets_a_warning() {
+        let pod = tm(&[(ANNOTATION_INJECT, "yes")]);
+        let skip = mutate(&pod, Some("ns"), &config()).unwrap_err();
+        assert_eq!(skip, Skip::BadOptIn("yes".into()));
+        assert!(skip.warning().unwrap().contains("only \"true\""));
+
+        let mut pod = tm(&[]);
+        pod.metadata.labels = map(&[("component", "taskmanager")]);
+        let skip = mutate(&pod, Some("ns"), &config()).unwrap_err();
+        assert_eq!(skip, Skip::NoPipeline);
+        assert!(skip.warning().unwrap().contains(ANNOTATION_PIPELINE));
+
+        // A pipeline but no deployment id.
+        let mut pod = tm(&[(ANNOTATION_PIPELINE, "ns/p")]);
+        pod.metadata.labels = map(&[("component", "taskmanager")]);
+        assert_eq!(mutate(&pod, Some("ns"), &config()), Err(Skip::NoDeployment));
+
+        for bad in ["noslash", "a/b/c", "/b", "a/", "a b/c"] {
+            let pod = tm(&[(ANNOTATION_PIPELINE, bad)]);
+            assert_eq!(
+                mutate(&pod, Some("ns"), &config()),
+                Err(Skip::BadPipeline(bad.into())),
+                "{bad}"
+            );
+        }
+        let pod = tm(&[(ANNOTATION_DEPLOYMENT, "v 1")]);
+        assert_eq!(
+            mutate(&pod, Some("ns"), &config()),
+            Err(Skip::BadDeployment("v 1".into()))
+        );
+        let pod = tm(&[(ANNOTATION_SINK, "")]);
+        assert_eq!(
+            mutate(&pod, Some("ns"), &config()),
+            Err(Skip::BadSink(String::new()))
+        );
+    }
+
+    #[test]
+    fn a_marker_without_a_sidecar_is_reported_not_fixed() {
+        let pod = tm(&[(ANNOTATION_INJECTED, "true")]);
+        let skip = mutate(&pod, Some("ns"), &config()).unwrap_err();
+        assert_eq!(skip, Skip::MarkedWithoutSidecar);
+        assert!(skip.warning().is_some());
+    }
+
+    #[test]
+    fn conflicting_volume_or_mount_is_not_overwritten() {
+        let mut pod = tm(&[]);
+        pod.spec.as_mut().unwrap().volumes = Some(vec![socket_volume()]);
+        assert!(matches!(
+            mutate(&pod, Some("ns"), &config()),
+            Err(Skip::Conflict(_))
+        ));
+        let mut pod = tm(&[]);
+        pod.spec.as_mut().unwrap().containers[0].volume_mounts = Some(vec![VolumeMount {
+            name: "other".into(),
+            mount_path: SOCKET_DIR.into(),
+            ..Default::default()
+        }]);
+        assert!(matches!(
+            mutate(&pod, Some("ns"), &config()),
+            Err(Skip::Conflict(_))
+        ));
+    }
+
+    #[test]
+    fn env_the_user_set_is_kept_with_a_warning_if_it_differs() {
+        let mut pod = tm(&[]);
+        pod.spec.as_mut().unwrap().containers[0].env = Some(vec![
+            env_var("SLUICE_SOCKET", "/elsewhere.sock"),
+            env_var("SLUICE_DEPLOYMENT", "orders-v1"),
+            env_var("OTHER", "x"),
+        ]);
+        let inj = mutate(&pod, Some("ns"), &config()).unwrap();
+        assert_eq!(inj.warnings.len(), 1, "{:?}", inj.warnings);
+        assert!(inj.warnings[0].contains("SLUICE_SOCKET"));
+        let out = apply(&pod, &inj);
+        let env = env_of(&out.spec.unwrap().containers[0]);
+        assert_eq!(env.len(), 4);
+        assert_eq!(env["SLUICE_SOCKET"], "/elsewhere.sock");
+        assert_eq!(env["SLUICE_PIPELINE"], "ns/orders-v1");
+    }
+
+    #[test]
+    fn without_a_flink_main_container_every_container_gets_the_socket() {
+        let mut pod = tm(&[]);
+        pod.spec.as_mut().unwrap().containers = vec![
+            Container {
+                name: "a".into(),
+                ..Default::default()
+            },
+            Container {
+                name: "b".into(),
+                ..Default::default()
+            },
+        ];
+        let out = apply(&pod, &mutate(&pod, Some("ns"), &config()).unwrap());
+        for c in out.spec.unwrap().containers {
+            assert_eq!(
+                c.volume_mounts.as_ref().unwrap()[0].name,
+                VOLUME_NAME,
+                "{}",
+                c.name
+            );
+            assert_eq!(env_of(&c).len(), 3);
+        }
+        // With a flink-main-container, only that one.
+        let mut pod = tm(&[]);
+        pod.spec.as_mut().unwrap().containers.push(Container {
+            name: "log-shipper".into(),
+            ..Default::default()
+        });
+        let out = apply(&pod, &mutate(&pod, Some("ns"), &config()).unwrap());
+        let containers = out.spec.unwrap().containers;
+        assert!(containers[0].volume_mounts.is_some());
+        assert!(containers[1].volume_mounts.is_none());
+        assert!(containers[1].env.is_none());
+    }
+
+    #[test]
+    fn existing_lists_are_appended_to_not_replaced() {
+        let mut pod = tm(&[]);
+        let spec = pod.spec.as_mut().unwrap();
+        spec.volumes = Some(vec![Volume {
+            name: "flink-config-volume".into(),
+            ..Default::default()
+        }]);
+        spec.init_containers = Some(vec![Container {
+            name: "fetch-artifacts".into(),
+            ..Default::default()
+        }]);
+        let inj = mutate(&pod, Some("ns"), &config()).unwrap();
+        let paths: Vec<String> = inj
+            .patch
+            .0
+            .iter()
+            .map(|op| match op {
+                PatchOperation::Add(a) => a.path.to_string(),
+                other => panic!("only adds expected, got {other:?}"),
+            })
+            .collect();
+        assert!(paths.contains(&"/spec/volumes/-".to_owned()), "{paths:?}");
+        assert!(
+            paths.contains(&"/spec/initContainers/-".to_owned()),
+            "{paths:?}"
+        );
+        assert!(
+            paths.contains(&"/metadata/annotations/sluice.dev~1injected".to_owned()),
+            "{paths:?}"
+        );
+        let out = apply(&pod, &inj);
+        let spec = out.spec.unwrap();
+        let names: Vec<_> = spec
+            .init_containers
+            .unwrap()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(names, ["fetch-artifacts", SIDECAR_NAME]);
+        assert_eq!(spec.volumes.unwrap().len(), 2);
+    }
+
+    #[test]
+    fn resources_follow_the_configuration() {
+        let mut c = config();
+        c.cpu_limit = Some("2".into());
+        let side = sidecar(&c, "a/b", "d", "stdout");
+        let r = side.resources.unwrap();
+        let limits = r.limits.unwrap();
+        assert_eq!(limits["cpu"], Quantity("2".into()));
+        assert_eq!(limits["memory"], Quantity("256Mi".into()));
+        assert_eq!(r.requests.unwrap()["cpu"], Quantity("100m".into()));
+        let side = sidecar(&config(), "a/b", "d", "stdout");
+        assert!(!side.resources.unwrap().limits.unwrap().contains_key("cpu"));
+    }
+}
