@@ -49,6 +49,11 @@ pub struct Config {
     #[arg(long, env = "SLUICE_SOCKET", default_value = "/tmp/sluice-gate.sock")]
     pub socket: PathBuf,
 
+    /// Permissions of the Unix socket file, octal. In Kubernetes the job runs under another uid
+    /// than the sidecar, so the webhook sets 0666 (the socket is in the pod's private emptyDir).
+    #[arg(long, env = "SLUICE_SOCKET_MODE", default_value = "0660", value_parser = parse_mode)]
+    pub socket_mode: u32,
+
     /// Optional TCP address to accept channels on as well (loopback only, unless
     /// `--allow-non-loopback`).
     #[arg(long, env = "SLUICE_LISTEN_TCP")]
@@ -342,6 +347,15 @@ impl Config {
     }
 }
 
+/// An octal file mode such as `0660` or `666`.
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.trim().trim_start_matches("0o");
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!("`{s}` is not an octal file mode like 0660")),
+    }
+}
+
 /// `$POD_NAME` (Kubernetes downward API), else the hostname, else `{deployment}-{pid}`.
 fn default_gate_id(deployment: &str) -> String {
     let non_empty = |s: String| {
@@ -461,6 +475,28 @@ mod tests {
         for (args, expected) in cases {
             let err = parse(args).validated().unwrap_err().to_string();
             assert!(err.contains(expected), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn socket_modes_are_octal() {
+        assert_eq!(parse(&[]).socket_mode, 0o660);
+        assert_eq!(parse(&["--socket-mode", "0666"]).socket_mode, 0o666);
+        assert_eq!(parse(&["--socket-mode", "600"]).socket_mode, 0o600);
+        for bad in ["888", "01777", "rw"] {
+            assert!(
+                Config::try_parse_from([
+                    "gate-sidecar",
+                    "--pipeline",
+                    "a/b",
+                    "--deployment",
+                    "d",
+                    "--socket-mode",
+                    bad
+                ])
+                .is_err(),
+                "{bad}"
+            );
         }
     }
 

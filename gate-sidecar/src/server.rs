@@ -52,6 +52,15 @@ pub enum SidecarError {
         #[source]
         source: std::io::Error,
     },
+    /// The socket file's permissions could not be set.
+    #[error("cannot set the permissions of {path}")]
+    SocketMode {
+        /// The socket path.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
     /// Binding a listener failed.
     #[error("cannot listen on {address}")]
     Bind {
@@ -87,6 +96,15 @@ impl Listeners {
         remove_stale_socket(&config.socket)?;
         let unix = UnixListener::bind(&config.socket).map_err(|source| SidecarError::Bind {
             address: config.socket.display().to_string(),
+            source,
+        })?;
+        // Connecting needs write permission on the socket file; the umask decides otherwise.
+        std::fs::set_permissions(
+            &config.socket,
+            std::os::unix::fs::PermissionsExt::from_mode(config.socket_mode),
+        )
+        .map_err(|source| SidecarError::SocketMode {
+            path: config.socket.clone(),
             source,
         })?;
         let tcp = match config.listen_tcp {

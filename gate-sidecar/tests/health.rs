@@ -83,3 +83,28 @@ async fn readiness_follows_the_assignment_and_liveness_is_always_up() {
     // The health listener stops with the sidecar.
     assert!(TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn the_socket_gets_the_configured_mode() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    for (mode, want) in [(None, 0o660), (Some("0666"), 0o666)] {
+        let socket = dir.path().join(format!("{want:o}.sock"));
+        let mut args = vec![
+            "gate-sidecar".to_owned(),
+            "--pipeline".into(),
+            PIPELINE.into(),
+            "--deployment".into(),
+            DEPLOYMENT.into(),
+            "--socket".into(),
+            socket.display().to_string(),
+        ];
+        if let Some(m) = mode {
+            args.extend(["--socket-mode".into(), m.into()]);
+        }
+        let config = <sluice_gate_sidecar::Config as clap::Parser>::try_parse_from(args).unwrap();
+        let _listeners = sluice_gate_sidecar::Listeners::bind(&config).await.unwrap();
+        let got = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+        assert_eq!(got, want, "{mode:?}");
+    }
+}

@@ -443,6 +443,9 @@ pub fn sidecar(
         env_var("SLUICE_DEPLOYMENT", deployment),
         env_var("SLUICE_SOCKET", SOCKET_PATH),
         env_var("SLUICE_HIGH_MARK_FILE", HIGH_MARK_PATH),
+        // The job runs under another uid than the sidecar; the socket sits in the pod's private
+        // emptyDir, so opening it to every uid opens it only to this pod's containers.
+        env_var("SLUICE_SOCKET_MODE", "0666"),
     ];
     // The pod's final name (on CREATE the pod often has only a generateName): a stable gate
     // id for the life of the pod, also across restarts of the sidecar container.
@@ -612,6 +615,7 @@ mod tests {
         assert_eq!(env["SLUICE_DEPLOYMENT"], "orders-v1");
         assert_eq!(env["SLUICE_SOCKET"], SOCKET_PATH);
         assert_eq!(env["SLUICE_HIGH_MARK_FILE"], HIGH_MARK_PATH);
+        assert_eq!(env["SLUICE_SOCKET_MODE"], "0666");
         assert_eq!(env["SLUICE_SINK"], "stdout");
         assert_eq!(env["SLUICE_HEALTH_LISTEN"], "0.0.0.0:9901");
         assert_eq!(

@@ -110,6 +110,7 @@ fn expected_sidecar(pipeline: &str, deployment: &str) -> Value {
             {"name": "SLUICE_DEPLOYMENT", "value": deployment},
             {"name": "SLUICE_SOCKET", "value": "/var/run/sluice/gate.sock"},
             {"name": "SLUICE_HIGH_MARK_FILE", "value": "/var/run/sluice/gate.highmark"},
+            {"name": "SLUICE_SOCKET_MODE", "value": "0666"},
             {"name": "SLUICE_GATE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "SLUICE_SINK", "value": "stdout"},
             {"name": "SLUICE_HEALTH_LISTEN", "value": "0.0.0.0:9901"},
