@@ -19,6 +19,15 @@ fi
 export SLUICE_BUF="$BUF"
 "$BUF" --version >/dev/null
 
+# tansu: a real Kafka-compatible broker for the Kafka sink's tests (about 15 minutes to build the
+# first time on 2 cores; cached afterwards).
+TANSU="$CACHE/tansu/bin/tansu"
+if [ ! -x "$TANSU" ]; then
+  step "installing tansu 0.6.0 (Kafka-compatible broker) into $CACHE/tansu"
+  cargo install tansu --version 0.6.0 --locked --features dynostore,libsql --root "$CACHE/tansu"
+fi
+export SLUICE_TANSU="$TANSU"
+
 step "format and lints"
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
 cargo fmt --all -- --check
@@ -27,7 +36,7 @@ cargo clippy --workspace --all-targets -q -- -D warnings
 step "build (binaries are needed by the process-level tests)"
 cargo build --workspace --bins -q
 
-step "tests: unit, gRPC, sidecar, simulation (${SLUICE_SIM_SEEDS:-2000} seeds), process-level, README commands"
+step "tests: unit, gRPC, sidecar, Kafka (tansu + mock cluster), simulation (${SLUICE_SIM_SEEDS:-2000} seeds), process-level, README commands"
 cargo test --workspace --no-fail-fast -q 2>&1 | tee "${TMPDIR:-/tmp}/sluice-test.log"
 # One closing line for the whole run.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "sluice: %d passed, %d failed\n", p, f; exit (f > 0) }' \

@@ -561,12 +561,12 @@ async fn front_ack(in_flight: &mut VecDeque<InFlight>) -> Result<(), SinkError> 
     .await
 }
 
-fn to_sink_record(r: v1::Record, default_topic: &str) -> SinkRecord {
+fn to_sink_record(r: v1::Record, default_topic: &Arc<str>) -> SinkRecord {
     SinkRecord {
         topic: if r.topic.is_empty() {
-            default_topic.to_owned()
+            default_topic.clone()
         } else {
-            r.topic
+            r.topic.into()
         },
         partition: r.partition,
         key: r.key,

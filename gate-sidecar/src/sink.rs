@@ -25,8 +25,8 @@ pub mod kafka;
 /// One admitted record on its way to the sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SinkRecord {
-    /// Destination topic (the default topic already filled in).
-    pub topic: String,
+    /// Destination topic (the default topic already filled in; shared, as most records use it).
+    pub topic: Arc<str>,
     /// Destination partition; `None` lets the sink's partitioner choose.
     pub partition: Option<i32>,
     /// Record key; empty means no key.

@@ -71,10 +71,10 @@ async fn batches_keep_channel_order_and_fill_the_default_topic() {
     assert!(batches.iter().all(|b| &*b.channel == "7"));
     let times: Vec<i64> = records.iter().map(|r| r.event_time_ms).collect();
     assert_eq!(times, vec![1, 2, 3]);
-    assert_eq!(records[0].topic, "fallback");
+    assert_eq!(&*records[0].topic, "fallback");
     assert_eq!(records[0].key, b"k1");
     assert_eq!(
-        (records[2].topic.as_str(), records[2].partition),
+        (&*records[2].topic, records[2].partition),
         ("explicit", Some(2))
     );
 }

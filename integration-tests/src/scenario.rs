@@ -267,7 +267,7 @@ fn record(i: usize, ts: i64, stream: &str, seq: usize, partitions: Option<i32>) 
         event_time_ms: ts,
         topic: String::new(),
         partition: partitions
-            .filter(|_| i % EXPLICIT_PARTITION_EVERY == 0)
+            .filter(|_| i.is_multiple_of(EXPLICIT_PARTITION_EVERY))
             .map(|n| explicit_partition(i, n)),
     }
 }
@@ -582,7 +582,7 @@ async fn read_kafka(
         if c.value != value_of(i) || c.header("source") != Some(b"replay".as_slice()) {
             findings.bad_content += 1;
         }
-        let want_partition = if i % EXPLICIT_PARTITION_EVERY == 0 {
+        let want_partition = if i.is_multiple_of(EXPLICIT_PARTITION_EVERY) {
             explicit_partition(i, k.partitions)
         } else {
             kafka::java_partition(&c.key, k.partitions)

@@ -12,9 +12,10 @@
 //! `FlushAck` implies Kafka acknowledged every admitted record before it. Idempotence keeps
 //! each partition's order across retries.
 //!
-//! **Backpressure.** A semaphore holds one permit per record the producer may have queued
-//! (`queue.buffering.max.messages`); [`KafkaSink::submit`] waits for permits and the delivery
-//! callback returns them. librdkafka's byte bound (`queue.buffering.max.kbytes`, 64 MiB here
+//! **Backpressure.** [`Slots`] counts the records handed to librdkafka and not yet reported,
+//! bounded by `queue.buffering.max.messages`; [`KafkaSink::submit`] waits for free slots and the
+//! delivery callback frees them (an atomic counter, not a semaphore: the callback runs once per
+//! record and must stay cheap). librdkafka's byte bound (`queue.buffering.max.kbytes`, 64 MiB here
 //! unless configured) can still answer `QueueFull`; `submit` then retries after a short pause.
 //! Either way a channel that cannot submit stops reading its socket, so a slow or absent broker
 //! slows the job down instead of growing a buffer.
@@ -38,7 +39,7 @@ use rdkafka::producer::{
 };
 use rdkafka::util::Timeout;
 use thiserror::Error;
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{AckSender, BatchAck, Sink, SinkBatch, SinkError, SinkRecord};
@@ -179,6 +180,63 @@ fn redact_pair(s: &str) -> String {
     }
 }
 
+/// The bounded count of records in librdkafka's hands.
+#[derive(Debug)]
+struct Slots {
+    used: AtomicUsize,
+    max: usize,
+    /// Submitters waiting for room.
+    waiting: AtomicUsize,
+    freed: Notify,
+}
+
+impl Slots {
+    fn new(max: usize) -> Self {
+        Self {
+            used: AtomicUsize::new(0),
+            max,
+            waiting: AtomicUsize::new(0),
+            freed: Notify::new(),
+        }
+    }
+
+    /// Takes `n <= max` slots if they are free.
+    fn try_take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                (used + n <= self.max).then_some(used + n)
+            })
+            .is_ok()
+    }
+
+    /// Waits until `n <= max` slots are free and takes them.
+    async fn take(&self, n: usize) {
+        if self.try_take(n) {
+            return;
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        loop {
+            // Registered before the re-check, so a release in between still wakes us.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if self.try_take(n) {
+                break;
+            }
+            freed.await;
+        }
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Returns `n` slots.
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.freed.notify_waiters();
+        }
+    }
+}
+
 /// Resolves one batch's ack when its last record is acknowledged, or at its first failure.
 #[derive(Debug)]
 struct Tracker {
@@ -222,7 +280,7 @@ const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// librdkafka's callbacks: deliveries, errors and logs.
 struct Callbacks {
-    permits: Arc<Semaphore>,
+    slots: Arc<Slots>,
     fatal: CancellationToken,
     /// Last logged transient error: its code and when, and how many were not logged since.
     last_error: Mutex<Option<(Option<RDKafkaErrorCode>, Instant, u64)>>,
@@ -274,7 +332,7 @@ impl ProducerContext for Callbacks {
     type DeliveryOpaque = Arc<Tracker>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, tracker: Arc<Tracker>) {
-        self.permits.add_permits(1);
+        self.slots.give(1);
         match result {
             Ok(_) => tracker.delivered(),
             Err((error, message)) => tracker.failed(SinkError::Delivery {
@@ -290,16 +348,15 @@ impl ProducerContext for Callbacks {
 #[derive(Clone)]
 pub struct KafkaSink {
     producer: Arc<ThreadedProducer<Callbacks>>,
-    permits: Arc<Semaphore>,
-    max_permits: usize,
+    slots: Arc<Slots>,
     fatal: CancellationToken,
 }
 
 impl std::fmt::Debug for KafkaSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaSink")
-            .field("free_slots", &self.permits.available_permits())
-            .field("max_slots", &self.max_permits)
+            .field("queued", &self.queued())
+            .field("max_queued", &self.slots.max)
             .finish_non_exhaustive()
     }
 }
@@ -311,15 +368,15 @@ impl KafkaSink {
         let config = settings
             .client_config()
             .map_err(|e| SinkError::KafkaConfig(Arc::new(e)))?;
-        let max_permits = config
+        let max = config
             .get("queue.buffering.max.messages")
             .and_then(|v| v.parse::<usize>().ok())
             .filter(|&n| n > 0)
             .unwrap_or(100_000);
-        let permits = Arc::new(Semaphore::new(max_permits));
+        let slots = Arc::new(Slots::new(max));
         let fatal = CancellationToken::new();
         let callbacks = Callbacks {
-            permits: permits.clone(),
+            slots: slots.clone(),
             fatal: fatal.clone(),
             last_error: Mutex::new(None),
         };
@@ -329,13 +386,12 @@ impl KafkaSink {
         tracing::info!(
             bootstrap = %settings.bootstrap,
             options = ?settings.redacted_options(),
-            max_queued = max_permits,
+            max_queued = max,
             "Kafka producer created (acks=all, idempotent)"
         );
         Ok(Self {
             producer: Arc::new(producer),
-            permits,
-            max_permits,
+            slots,
             fatal,
         })
     }
@@ -343,12 +399,12 @@ impl KafkaSink {
     /// Records handed to librdkafka and not yet acknowledged or failed (at most the
     /// `queue.buffering.max.messages` bound).
     pub fn queued(&self) -> usize {
-        self.max_permits - self.permits.available_permits().min(self.max_permits)
+        self.slots.used.load(Ordering::SeqCst)
     }
 
     /// The bound on [`KafkaSink::queued`].
     pub fn max_queued(&self) -> usize {
-        self.max_permits
+        self.slots.max
     }
 
     /// Completes when the producer hit a fatal error and can deliver nothing more.
@@ -403,7 +459,7 @@ impl KafkaSink {
                 }
                 Err((error, _)) => {
                     return Err(SinkError::Produce {
-                        topic: r.topic.clone(),
+                        topic: r.topic.to_string(),
                         source: error,
                     });
                 }
@@ -416,17 +472,12 @@ impl Sink for KafkaSink {
     async fn submit(&self, batch: SinkBatch) -> Result<BatchAck, SinkError> {
         let (tx, ack) = BatchAck::pending();
         let tracker = Arc::new(Tracker::new(batch.records.len(), tx));
-        for chunk in batch.records.chunks(self.max_permits) {
-            let take = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
-            self.permits
-                .acquire_many(take)
-                .await
-                .map_err(|_| SinkError::Closed)?
-                // Returned one by one by the delivery callback.
-                .forget();
+        for chunk in batch.records.chunks(self.slots.max) {
+            // Freed one by one by the delivery callback.
+            self.slots.take(chunk.len()).await;
             for (i, record) in chunk.iter().enumerate() {
                 if let Err(e) = self.enqueue(record, &tracker).await {
-                    self.permits.add_permits(chunk.len() - i);
+                    self.slots.give(chunk.len() - i);
                     return Err(e);
                 }
             }
@@ -503,6 +554,25 @@ mod tests {
         assert!(shown.contains("sasl.password=***") && shown.contains("linger.ms=5"));
         let err = parse_option("ssl.key.password").unwrap_err().to_string();
         assert!(err.contains("ssl.key.password"));
+    }
+
+    #[tokio::test]
+    async fn slots_bound_the_queue_and_wake_a_waiting_submitter() {
+        let slots = Arc::new(Slots::new(10));
+        slots.take(8).await;
+        assert!(!slots.try_take(3));
+        let waiter = {
+            let slots = slots.clone();
+            tokio::spawn(async move { slots.take(3).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "took slots that were not free");
+        slots.give(1);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken when room was made")
+            .unwrap();
+        assert_eq!(slots.used.load(Ordering::SeqCst), 10);
     }
 
     #[test]

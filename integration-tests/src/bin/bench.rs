@@ -1,0 +1,686 @@
+//! `bench`: how much the gate sidecar costs in the path to Kafka, measured side by side in one
+//! run on the same broker (a real tansu on 127.0.0.1) and printed as figures and ratios.
+//!
+//! 1. Throughput: a plain rdkafka producer vs. the same records through a real `gate-sidecar`
+//!    process with the Kafka sink (same producer settings, 100-byte values).
+//! 2. The gate path alone: native frames in, `--sink null`, the sidecar pinned to one core.
+//! 3. Added latency at half the sidecar's maximum measured with `linger.ms=0` (on both paths):
+//!    client frame written -> `FlushAck` (sidecar) vs. first send -> last delivery report
+//!    (plain), per group of records; and the sidecar alone (null sink) at the same load, which
+//!    is its own share without the broker's variance.
+//! 4. The sidecar's resident memory idle and its peak under load.
+//!
+//! Run it in release: `cargo run --release -p sluice-integration-tests --bin bench`.
+
+use std::io::{Read as _, Write as _};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use prost::Message as _;
+use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
+};
+use sluice_integration_tests::kafka::{self, Broker};
+use sluice_integration_tests::procs::{self, Proc, binary, free_port, wait_for_tcp, wait_for_unix};
+use sluice_proto::framing::encode_frame;
+use sluice_proto::v1::{self, ClientFrame, ServerFrame, client_frame, server_frame};
+
+/// Measures the sidecar against a plain rdkafka producer; prints figures and ratios.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Records per Kafka throughput run (each path sends this many).
+    #[arg(long, default_value_t = 1_000_000)]
+    records: usize,
+    /// Records for the gate-path-alone run (null sink).
+    #[arg(long, default_value_t = 8_000_000)]
+    gate_records: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 100)]
+    value_bytes: usize,
+    /// Records per frame the client sends (a sink writer's batch).
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Partitions of the benchmark topics.
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+    /// Duration of each latency run.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    latency_for: Duration,
+    /// Records per latency sample (one frame + one Flush; one group for the plain producer).
+    #[arg(long, default_value_t = 100)]
+    latency_group: usize,
+    /// Keep the work directory (logs) here instead of a temporary one.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
+const PIPELINE: &str = "bench/pipe";
+/// Records sent and acknowledged before each throughput measurement starts.
+const WARM_UP: usize = 1_000;
+const BASE: i64 = 1_700_000_000_000;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "bench: this is a debug build; figures are only meaningful with --release \
+             (cargo run --release -p sluice-integration-tests --bin bench)"
+        );
+    }
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    procs::build_binaries(!cfg!(debug_assertions))?;
+    let tmp = tempfile::tempdir()?;
+    let dir = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&dir)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let broker = Broker::start(&dir)?;
+    for topic in ["plain", "sidecar", "plain-lat", "sidecar-lat"] {
+        rt.block_on(kafka::create_topic(
+            &broker.bootstrap,
+            topic,
+            args.partitions,
+        ))?;
+    }
+    let coordinator = start_coordinator(&dir)?;
+    println!(
+        "bench: tansu broker {} (memory storage), {} partitions, {}-byte values, {} records per frame, {} CPUs",
+        broker.bootstrap,
+        args.partitions,
+        args.value_bytes,
+        args.batch,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    // 1. Throughput, side by side.
+    let plain = plain_throughput(&broker.bootstrap, "plain", args)?;
+    let sc = Sidecar::start(
+        &dir,
+        coordinator,
+        "through",
+        &[
+            "--sink",
+            &format!("kafka:{}", broker.bootstrap),
+            "--default-topic",
+            "sidecar",
+        ],
+        None,
+    )?;
+    let idle_rss = sc.rss_kib()?;
+    let through = sidecar_throughput(&sc, args, args.records)?;
+    let peak_rss = sc.peak_rss_kib()?;
+    drop(sc);
+    let n = args.records as f64;
+    let plain_rate = n / plain.as_secs_f64();
+    let through_rate = n / through.as_secs_f64();
+    println!();
+    println!("throughput into Kafka ({} records each)", args.records);
+    println!(
+        "  plain rdkafka producer      {:>12.0} records/s",
+        plain_rate
+    );
+    println!(
+        "  through the gate sidecar    {:>12.0} records/s",
+        through_rate
+    );
+    println!(
+        "  ratio sidecar / plain       {:>12.3}   (target >= 0.9)",
+        through_rate / plain_rate
+    );
+
+    // 2. The gate path alone, one core.
+    let gate = Sidecar::start(
+        &dir,
+        coordinator,
+        "gate",
+        &["--sink", "null", "--worker-threads", "1"],
+        Some(0),
+    )?;
+    let gate_time = sidecar_throughput(&gate, args, args.gate_records)?;
+    drop(gate);
+    println!();
+    println!(
+        "gate path alone (native frames in, null sink, sidecar pinned to CPU 0, one worker thread)"
+    );
+    println!(
+        "  {:>12.0} records/s over {} records   (target >= 2,000,000)",
+        args.gate_records as f64 / gate_time.as_secs_f64(),
+        args.gate_records
+    );
+
+    // 3. Added latency at half the maximum measured with linger.ms=0 (the latency setting).
+    let sc = Sidecar::start(
+        &dir,
+        coordinator,
+        "latency",
+        &[
+            "--sink",
+            &format!("kafka:{}", broker.bootstrap),
+            "--default-topic",
+            "sidecar-lat",
+            "--kafka-option",
+            "linger.ms=0",
+        ],
+        None,
+    )?;
+    let max_records = args.records / 2;
+    let max0 = max_records as f64 / sidecar_throughput(&sc, args, max_records)?.as_secs_f64();
+    let rate = max0 / 2.0;
+    let side_lat = sidecar_latency(&sc, args, rate)?;
+    drop(sc);
+    let plain_lat = plain_latency(&broker.bootstrap, "plain-lat", args, rate)?;
+    // The sidecar's own share, without a broker: the same load against the null sink.
+    let null = Sidecar::start(&dir, coordinator, "latency-null", &["--sink", "null"], None)?;
+    let null_lat = sidecar_latency(&null, args, rate)?;
+    drop(null);
+    let row = |name: &str, l: &[Duration]| {
+        println!(
+            "  {name:<48} p50 {:>8.3} ms   p99 {:>8.3} ms   ({} samples)",
+            ms(percentile(l, 0.50)),
+            ms(percentile(l, 0.99)),
+            l.len()
+        );
+    };
+    println!();
+    println!(
+        "latency at {rate:.0} records/s = half the sidecar's maximum with linger.ms=0 ({max0:.0} records/s); groups of {} records",
+        args.latency_group
+    );
+    row("plain producer: send -> last delivery report", &plain_lat);
+    row("through sidecar: frame written -> FlushAck", &side_lat);
+    row("sidecar alone (null sink): frame -> FlushAck", &null_lat);
+    println!(
+        "  {:<48} p50 {:>8.3} ms   p99 {:>8.3} ms   (target p99 <= 1 ms)",
+        "added by the sidecar (through - plain)",
+        ms(percentile(&side_lat, 0.50)) - ms(percentile(&plain_lat, 0.50)),
+        ms(percentile(&side_lat, 0.99)) - ms(percentile(&plain_lat, 0.99)),
+    );
+
+    // 4. Memory.
+    println!();
+    println!("sidecar resident memory (Kafka sink)");
+    println!(
+        "  idle, attached          {:>8.1} MiB",
+        idle_rss as f64 / 1024.0
+    );
+    println!(
+        "  peak under full load    {:>8.1} MiB",
+        peak_rss as f64 / 1024.0
+    );
+    drop(broker);
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1_000.0
+}
+
+fn percentile(samples: &[Duration], q: f64) -> Duration {
+    let mut s = samples.to_vec();
+    s.sort_unstable();
+    s.get(((s.len() as f64 - 1.0) * q).round() as usize)
+        .copied()
+        .unwrap_or_default()
+}
+
+fn start_coordinator(dir: &Path) -> Result<u16> {
+    let port = free_port()?;
+    let args = [
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--state-file",
+        &dir.join("state.json").display().to_string(),
+    ]
+    .map(String::from);
+    let proc = Proc::spawn(
+        "coordinator",
+        &binary("coordinator")?,
+        &args,
+        &dir.join("coordinator.log"),
+    )?;
+    wait_for_tcp(([127, 0, 0, 1], port).into(), Duration::from_secs(20))?;
+    // Lives until the benchmark process exits.
+    std::mem::forget(proc);
+    Ok(port)
+}
+
+/// A real sidecar process serving its own pipeline, so the coordinator auto-activates it.
+struct Sidecar {
+    proc: Proc,
+    pid: u32,
+    socket: PathBuf,
+    deployment: String,
+}
+
+impl Sidecar {
+    fn start(
+        dir: &Path,
+        coordinator: u16,
+        name: &str,
+        extra: &[&str],
+        pin_cpu: Option<usize>,
+    ) -> Result<Self> {
+        let socket = dir.join(format!("{name}.sock"));
+        let health = free_port()?;
+        // Each run is its own pipeline, so its sidecar is auto-activated as the first deployment.
+        let pipeline = format!("{PIPELINE}-{name}");
+        let mut args: Vec<String> = [
+            "--coordinator",
+            &format!("http://127.0.0.1:{coordinator}"),
+            "--pipeline",
+            &pipeline,
+            "--deployment",
+            name,
+            "--socket",
+            &socket.display().to_string(),
+            "--health-listen",
+            &format!("127.0.0.1:{health}"),
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = dir.join(format!("sidecar-{name}.log"));
+        let sidecar = binary("gate-sidecar")?;
+        let proc = match pin_cpu {
+            Some(cpu) => {
+                let mut pinned = vec!["-c".to_string(), cpu.to_string()];
+                pinned.push(sidecar.display().to_string());
+                pinned.extend(args);
+                Proc::spawn(name, Path::new("taskset"), &pinned, &log)?
+            }
+            None => Proc::spawn(name, &sidecar, &args, &log)?,
+        };
+        wait_for_unix(&socket, Duration::from_secs(20))?;
+        wait_ready(health)?;
+        let pid = pid_of(&socket)?;
+        Ok(Self {
+            proc,
+            pid,
+            socket,
+            deployment: name.to_owned(),
+        })
+    }
+
+    fn status_kib(&self, field: &str) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no {field} in /proc/{}/status", self.pid))
+    }
+
+    fn rss_kib(&self) -> Result<u64> {
+        self.status_kib("VmRSS:")
+    }
+
+    fn peak_rss_kib(&self) -> Result<u64> {
+        self.status_kib("VmHWM:")
+    }
+
+    fn connect(&self, channel: &str) -> Result<UnixStream> {
+        let mut s = UnixStream::connect(&self.socket)?;
+        s.write_all(&encode_frame(&ClientFrame {
+            kind: Some(client_frame::Kind::Hello(v1::Hello {
+                pipeline: format!("{PIPELINE}-{}", self.deployment),
+                deployment: self.deployment.clone(),
+                channel_id: channel.into(),
+                protocol_version: 1,
+            })),
+        }))?;
+        Ok(s)
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self.proc.kill();
+    }
+}
+
+/// The sidecar's pid, found as the process holding its socket path on its command line (the
+/// child may be `taskset`, which execs the sidecar in place, so the child's pid is the same).
+fn pid_of(socket: &Path) -> Result<u32> {
+    let needle = socket.display().to_string();
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.contains("gate-sidecar") && cmd.contains(&needle) {
+            return Ok(pid);
+        }
+    }
+    bail!("cannot find the sidecar process for {needle}")
+}
+
+/// Polls `/readyz` until the coordinator has given the gate a role.
+fn wait_ready(port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut text = String::new();
+            let _ = s.read_to_string(&mut text);
+            if text.starts_with("HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the sidecar never became ready (no assignment)");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn key(i: usize) -> Vec<u8> {
+    format!("k{:09}", i % 1_000_003).into_bytes()
+}
+
+fn value(i: usize, len: usize) -> Vec<u8> {
+    let mut v = format!("{i:020}").into_bytes();
+    v.resize(len, b'x');
+    v
+}
+
+fn record(i: usize, value_bytes: usize) -> v1::Record {
+    v1::Record {
+        key: key(i),
+        value: value(i, value_bytes),
+        headers: vec![],
+        event_time_ms: BASE + i as i64,
+        topic: String::new(),
+        partition: None,
+    }
+}
+
+fn records_frame(from: usize, n: usize, value_bytes: usize) -> Vec<u8> {
+    encode_frame(&ClientFrame {
+        kind: Some(client_frame::Kind::Records(v1::Records {
+            records: (from..from + n).map(|i| record(i, value_bytes)).collect(),
+        })),
+    })
+}
+
+fn flush_frame(seq: u64) -> Vec<u8> {
+    encode_frame(&ClientFrame {
+        kind: Some(client_frame::Kind::Flush(v1::Flush { seq })),
+    })
+}
+
+/// Reads frames until the `FlushAck` for `seq`; fails on an `Error` frame.
+fn read_ack(s: &mut UnixStream, buf: &mut Vec<u8>, seq: u64) -> Result<u64> {
+    loop {
+        // Frames are varint-length-delimited.
+        if let Ok(len) = prost::decode_length_delimiter(buf.as_slice()) {
+            let prefix = prost::length_delimiter_len(len);
+            if buf.len() >= prefix + len {
+                let frame = ServerFrame::decode(&buf[prefix..prefix + len])?;
+                buf.drain(..prefix + len);
+                match frame.kind {
+                    Some(server_frame::Kind::FlushAck(a)) if a.seq == seq => return Ok(a.admitted),
+                    Some(server_frame::Kind::FlushAck(_)) => continue,
+                    Some(server_frame::Kind::Error(e)) => {
+                        bail!("sidecar error {:?}: {}", e.code(), e.message)
+                    }
+                    None => bail!("empty frame from the sidecar"),
+                }
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            bail!("the sidecar closed the channel");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Sends `total` records over one channel as fast as the sidecar takes them, then a Flush;
+/// returns the time from the first byte to the FlushAck. Frames are encoded up front (a cycle
+/// of 64) so the client costs little.
+fn sidecar_throughput(sc: &Sidecar, args: &Args, total: usize) -> Result<Duration> {
+    let frames: Vec<Vec<u8>> = (0..64)
+        .map(|f| records_frame(f * args.batch, args.batch, args.value_bytes))
+        .collect();
+    let mut s = sc.connect("0")?;
+    // Warm up (connections, metadata, producer id) outside the measurement, as for the plain
+    // producer.
+    s.write_all(&records_frame(0, WARM_UP, args.value_bytes))?;
+    s.write_all(&flush_frame(u64::MAX))?;
+    read_ack(&mut s, &mut Vec::new(), u64::MAX)?;
+    let started = Instant::now();
+    let mut sent = 0;
+    let mut f = 0;
+    while sent < total {
+        s.write_all(&frames[f % frames.len()])?;
+        sent += args.batch;
+        f += 1;
+    }
+    s.write_all(&flush_frame(1))?;
+    let admitted = read_ack(&mut s, &mut Vec::new(), 1)?;
+    let took = started.elapsed();
+    // FlushAck counts are cumulative for the channel.
+    let admitted = admitted - WARM_UP as u64;
+    if admitted != sent as u64 {
+        bail!("the sidecar admitted {admitted} of {sent} records");
+    }
+    Ok(took)
+}
+
+/// Counts deliveries; stamps the delivery of each record whose opaque is non-zero.
+struct Deliveries {
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    /// Latency samples: (group index, delivered at), for records carrying one.
+    stamps: std::sync::Mutex<Vec<(usize, Instant)>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, group_plus_one: usize) {
+        match result {
+            Ok(_) => self.delivered.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
+        };
+        if group_plus_one > 0 {
+            self.stamps
+                .lock()
+                .expect("not poisoned")
+                .push((group_plus_one - 1, Instant::now()));
+        }
+    }
+}
+
+/// The same producer settings the sidecar uses (see gate-sidecar/src/sink/kafka.rs).
+fn producer(bootstrap: &str, linger_zero: bool) -> Result<Arc<ThreadedProducer<Deliveries>>> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("partitioner", "murmur2_random")
+        .set("queue.buffering.max.kbytes", "65536")
+        .set("queue.buffering.max.messages", "100000");
+    if linger_zero {
+        c.set("linger.ms", "0");
+    }
+    Ok(Arc::new(c.create_with_context(Deliveries {
+        delivered: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        stamps: std::sync::Mutex::new(Vec::new()),
+    })?))
+}
+
+fn send_one(
+    p: &ThreadedProducer<Deliveries>,
+    topic: &str,
+    k: &[u8],
+    v: &[u8],
+    ts: i64,
+    opaque: usize,
+) -> Result<()> {
+    let mut rec: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, opaque)
+        .key(k)
+        .payload(v)
+        .timestamp(ts);
+    loop {
+        match p.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                rec = back;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Err((e, _)) => return Err(e.into()),
+        }
+    }
+}
+
+fn wait_delivered(p: &ThreadedProducer<Deliveries>, n: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let ctx = p.context();
+    while ctx.delivered.load(Ordering::Relaxed) + ctx.failed.load(Ordering::Relaxed) < n {
+        if Instant::now() > deadline {
+            bail!("deliveries did not complete");
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    if ctx.failed.load(Ordering::Relaxed) > 0 {
+        bail!("{} deliveries failed", ctx.failed.load(Ordering::Relaxed));
+    }
+    Ok(())
+}
+
+/// A plain producer sending the same records as fast as librdkafka takes them.
+fn plain_throughput(bootstrap: &str, topic: &str, args: &Args) -> Result<Duration> {
+    let p = producer(bootstrap, false)?;
+    // Keys and values prepared like the sidecar's client prepares its frames.
+    let keys: Vec<Vec<u8>> = (0..64 * args.batch).map(key).collect();
+    let values: Vec<Vec<u8>> = (0..64 * args.batch)
+        .map(|i| value(i, args.value_bytes))
+        .collect();
+    for i in 0..WARM_UP {
+        send_one(&p, topic, &keys[i], &values[i], BASE + i as i64, 0)?;
+    }
+    wait_delivered(&p, WARM_UP as u64)?;
+    let started = Instant::now();
+    for i in 0..args.records {
+        let j = i % keys.len();
+        send_one(&p, topic, &keys[j], &values[j], BASE + j as i64, 0)?;
+    }
+    wait_delivered(&p, (WARM_UP + args.records) as u64)?;
+    Ok(started.elapsed())
+}
+
+/// Groups of `latency_group` records at `rate` records/s for `latency_for`: per group, the
+/// time from its first send to its last delivery report.
+fn plain_latency(bootstrap: &str, topic: &str, args: &Args, rate: f64) -> Result<Vec<Duration>> {
+    let p = producer(bootstrap, true)?;
+    let g = args.latency_group;
+    let interval = Duration::from_secs_f64(g as f64 / rate);
+    let groups = (args.latency_for.as_secs_f64() / interval.as_secs_f64()) as usize;
+    let mut sent_at = Vec::with_capacity(groups);
+    let started = Instant::now();
+    for n in 0..groups {
+        pace(started + interval * n as u32);
+        sent_at.push(Instant::now());
+        for r in 0..g {
+            let i = n * g + r;
+            // Only the group's last record reports: per partition, records are delivered in
+            // order, and the group's records go to different partitions, so take the max below.
+            send_one(
+                &p,
+                topic,
+                &key(i),
+                &value(i, args.value_bytes),
+                BASE + i as i64,
+                n + 1,
+            )?;
+        }
+    }
+    wait_delivered(&p, (groups * g) as u64)?;
+    let stamps = p.context().stamps.lock().expect("not poisoned").clone();
+    let mut last = vec![None::<Instant>; groups];
+    for (group, at) in stamps {
+        last[group] = Some(last[group].map_or(at, |l: Instant| l.max(at)));
+    }
+    Ok(sent_at
+        .iter()
+        .zip(last)
+        .filter_map(|(s, l)| l.map(|l| l - *s))
+        .skip(groups / 10)
+        .collect())
+}
+
+/// Sleeps until `at`. No spinning: on a 2-core machine a spinning client would steal the CPU
+/// the sidecar and the broker need; a late wake-up only delays the send, whose time is taken
+/// after waking.
+fn pace(at: Instant) {
+    let now = Instant::now();
+    if at > now {
+        std::thread::sleep(at - now);
+    }
+}
+
+/// The same groups through the sidecar: a frame of `latency_group` records and a Flush per
+/// group; per group, the time from writing the frame to reading its FlushAck.
+fn sidecar_latency(sc: &Sidecar, args: &Args, rate: f64) -> Result<Vec<Duration>> {
+    let g = args.latency_group;
+    let interval = Duration::from_secs_f64(g as f64 / rate);
+    let groups = (args.latency_for.as_secs_f64() / interval.as_secs_f64()) as usize;
+    let s = sc.connect("lat")?;
+    let mut reader = s.try_clone()?;
+    let acks = std::thread::spawn(move || -> Result<Vec<Instant>> {
+        let mut buf = Vec::new();
+        let mut at = Vec::with_capacity(groups);
+        for n in 0..groups {
+            read_ack(&mut reader, &mut buf, n as u64 + 1)?;
+            at.push(Instant::now());
+        }
+        Ok(at)
+    });
+    let mut writer = s;
+    let mut sent_at = Vec::with_capacity(groups);
+    let started = Instant::now();
+    for n in 0..groups {
+        let mut bytes = records_frame(n * g, g, args.value_bytes);
+        bytes.extend(flush_frame(n as u64 + 1));
+        pace(started + interval * n as u32);
+        sent_at.push(Instant::now());
+        writer.write_all(&bytes)?;
+    }
+    let acked = acks.join().expect("reader thread")?;
+    Ok(sent_at
+        .iter()
+        .zip(acked)
+        .map(|(s, a)| a - *s)
+        .skip(groups / 10)
+        .collect())
+}
