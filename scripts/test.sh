@@ -28,6 +28,10 @@ if [ ! -x "$TANSU" ]; then
 fi
 export SLUICE_TANSU="$TANSU"
 
+# Apache Flink 2.3.0 (PyPI wheels, cached) and the Java reference sink, for the real-Flink tests.
+step "Apache Flink 2.3.0 and the Java reference sink"
+scripts/flink.sh >/dev/null
+
 step "format and lints"
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
 cargo fmt --all -- --check
@@ -36,7 +40,7 @@ cargo clippy --workspace --all-targets -q -- -D warnings
 step "build (binaries are needed by the process-level tests)"
 cargo build --workspace --bins -q
 
-step "tests: unit, gRPC, sidecar, Kafka (tansu + mock cluster), simulation (${SLUICE_SIM_SEEDS:-2000} seeds), process-level, README commands"
+step "tests: unit, gRPC, sidecar, Kafka (tansu + mock cluster), Kubernetes webhook and manifests, real Flink, simulation (${SLUICE_SIM_SEEDS:-2000} seeds), process-level, README commands"
 cargo test --workspace --no-fail-fast -q 2>&1 | tee "${TMPDIR:-/tmp}/sluice-test.log"
 # One closing line for the whole run.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "sluice: %d passed, %d failed\n", p, f; exit (f > 0) }' \

@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
-# Serving certificate for the sluice admission webhook, for clusters without cert-manager.
+# Serving certificate of the sluice coordinator (admission webhook and gRPC over TLS), for
+# clusters without cert-manager.
 #
 # Makes a private CA and a server certificate for <service>.<namespace>.svc with openssl, stores
-# them as the TLS Secret the coordinator mounts, and sets the CA as the caBundle of the
-# MutatingWebhookConfiguration. Run it after `kubectl apply -k manifests/base`, and again
-# before the certificate expires: the coordinator reloads the renewed Secret by itself, no
-# restart needed (the kubelet updates the mounted files within about a minute).
+# them as the TLS Secret the coordinator mounts, sets the CA as the caBundle of the
+# MutatingWebhookConfiguration, and publishes it as ConfigMap sluice-ca (key ca.crt) in every
+# namespace labelled sluice.dev/injection=enabled, where the injected sidecars read it to
+# verify the coordinator. Run it after `kubectl apply -k manifests/base`, again after labelling
+# a new namespace, and before the certificate expires: the coordinator reloads the renewed
+# Secret and the sidecars the renewed ConfigMap by themselves, no restart needed (the kubelet
+# updates the mounted files within about a minute).
 #
 #   scripts/webhook-certs.sh                 # create or renew, then update the cluster
 #   scripts/webhook-certs.sh --out DIR       # keep ca.crt, tls.crt, tls.key in DIR
 #   scripts/webhook-certs.sh --no-kubectl --out DIR   # files only (no cluster needed)
 #
 # Options: --namespace (sluice), --service (sluice-coordinator), --secret
-# (sluice-coordinator-webhook-tls), --webhook-config (sluice-gate-injector), --days (365).
+# (sluice-coordinator-webhook-tls), --webhook-config (sluice-gate-injector), --days (365),
+# --ca-configmap (sluice-ca), --ca-namespaces "NS ..." (default: the labelled namespaces).
 # Needs openssl (and kubectl unless --no-kubectl). The CA key never leaves the temporary
 # directory unless --out is given; keep DIR private.
 set -euo pipefail
@@ -21,17 +26,21 @@ NAMESPACE=sluice
 SERVICE=sluice-coordinator
 SECRET=sluice-coordinator-webhook-tls
 WEBHOOK_CONFIG=sluice-gate-injector
+CA_CONFIGMAP=sluice-ca
+CA_NAMESPACES=
 DAYS=365
 OUT=
 KUBECTL=1
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --namespace) NAMESPACE=$2; shift 2 ;;
     --service) SERVICE=$2; shift 2 ;;
     --secret) SECRET=$2; shift 2 ;;
     --webhook-config) WEBHOOK_CONFIG=$2; shift 2 ;;
+    --ca-configmap) CA_CONFIGMAP=$2; shift 2 ;;
+    --ca-namespaces) CA_NAMESPACES=$2; shift 2 ;;
     --days) DAYS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --no-kubectl) KUBECTL=; shift ;;
@@ -58,7 +67,7 @@ openssl req -x509 -new -key "$WORK/ca.key" -sha256 -days "$DAYS" \
   -addext "keyUsage=critical,keyCertSign,cRLSign" \
   -out "$WORK/ca.crt" 2>/dev/null
 
-# Server certificate with the names the API server uses to reach the Service.
+# Server certificate with the names the API server and the sidecars use to reach the Service.
 openssl ecparam -name prime256v1 -genkey -noout -out "$WORK/tls.ec.key" 2>/dev/null
 openssl pkcs8 -topk8 -nocrypt -in "$WORK/tls.ec.key" -out "$WORK/tls.key"
 openssl req -new -key "$WORK/tls.key" -subj "/CN=$HOST" -out "$WORK/tls.csr" 2>/dev/null
@@ -91,8 +100,21 @@ if [ -n "$KUBECTL" ]; then
   CA_BUNDLE=$(base64 < "$WORK/bundle.crt" | tr -d '\n')
   kubectl patch mutatingwebhookconfiguration "$WEBHOOK_CONFIG" --type=json \
     -p "[{\"op\":\"add\",\"path\":\"/webhooks/0/clientConfig/caBundle\",\"value\":\"$CA_BUNDLE\"}]"
+  # The sidecars get the same bundle (they read it again at every reconnect), also before the
+  # Secret changes.
+  if [ -z "$CA_NAMESPACES" ]; then
+    CA_NAMESPACES=$(kubectl get namespaces -l sluice.dev/injection=enabled \
+      -o jsonpath='{.items[*].metadata.name}')
+  fi
+  for ns in $CA_NAMESPACES; do
+    kubectl -n "$ns" create configmap "$CA_CONFIGMAP" --from-file=ca.crt="$WORK/bundle.crt" \
+      --dry-run=client -o yaml | kubectl apply -f -
+  done
+  if [ -z "$CA_NAMESPACES" ]; then
+    echo "no namespace labelled sluice.dev/injection=enabled: no $CA_CONFIGMAP ConfigMap published" >&2
+  fi
   # create-or-replace, so the same command renews.
   kubectl -n "$NAMESPACE" create secret tls "$SECRET" \
     --cert="$WORK/tls.crt" --key="$WORK/tls.key" --dry-run=client -o yaml | kubectl apply -f -
-  echo "caBundle of $WEBHOOK_CONFIG and secret $NAMESPACE/$SECRET updated (for $HOST, $DAYS days)"
+  echo "caBundle of $WEBHOOK_CONFIG, secret $NAMESPACE/$SECRET and configmap $CA_CONFIGMAP in [$CA_NAMESPACES] updated (for $HOST, $DAYS days)"
 fi

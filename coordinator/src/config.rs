@@ -30,6 +30,21 @@ pub struct Config {
     #[arg(long, env = "SLUICE_ALLOW_NON_LOOPBACK")]
     pub allow_non_loopback: bool,
 
+    /// PEM certificate chain for gRPC over TLS, server certificate first (e.g. a Secret's
+    /// `tls.crt`). With --grpc-tls-key the gRPC listener serves only TLS (ALPN `h2`); without
+    /// both it serves plaintext. Reloaded when the file changes.
+    #[arg(long, env = "SLUICE_GRPC_TLS_CERT")]
+    pub grpc_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --grpc-tls-cert (PKCS#8, PKCS#1 or SEC1; e.g. `tls.key`). Reloaded
+    /// when the file changes.
+    #[arg(long, env = "SLUICE_GRPC_TLS_KEY")]
+    pub grpc_tls_key: Option<PathBuf>,
+
+    /// How often the gRPC certificate and key files are checked for a change.
+    #[arg(long, env = "SLUICE_GRPC_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub grpc_tls_reload_interval: Duration,
+
     /// JSON file holding every pipeline's durable state; replaced atomically before every
     /// decision is announced. A missing file is an empty state.
     #[arg(long, env = "SLUICE_STATE_FILE", default_value = "sluice-state.json")]
@@ -131,13 +146,22 @@ pub struct Config {
     #[arg(long, env = "SLUICE_SIDECAR_SINK", default_value = "stdout")]
     pub sidecar_sink: String,
 
-    /// gRPC URL of this coordinator as the injected sidecars reach it (its Service).
+    /// gRPC URL of this coordinator as the injected sidecars reach it (its Service); an
+    /// `https://` URL when the gRPC listener serves TLS.
     #[arg(
         long,
         env = "SLUICE_SIDECAR_COORDINATOR",
         default_value = "http://sluice-coordinator.sluice.svc:7070"
     )]
     pub sidecar_coordinator: String,
+
+    /// ConfigMap, in the namespace of each injected pod, whose key `ca.crt` holds the CA
+    /// (PEM) that signed the coordinator's gRPC certificate (e.g. published by a trust-manager
+    /// Bundle). Mounted read-only into the sidecar, which trusts it (`SLUICE_COORDINATOR_CA`).
+    /// Needs an `https://` --sidecar-coordinator; without it https sidecars use their system
+    /// roots.
+    #[arg(long, env = "SLUICE_SIDECAR_CA_CONFIGMAP")]
+    pub sidecar_ca_configmap: Option<String>,
 }
 
 /// A configuration that cannot be served.
@@ -169,6 +193,34 @@ pub enum ConfigError {
     /// A webhook-only flag was given without --webhook-listen (likely a mistake).
     #[error("--{0} is only used with --webhook-listen")]
     WebhookOnly(&'static str),
+    /// Only one of --grpc-tls-cert and --grpc-tls-key was given.
+    #[error("--{given} needs --{missing}: give both (gRPC over TLS) or neither (plaintext)")]
+    GrpcTlsPair {
+        /// The flag that was given.
+        given: &'static str,
+        /// The flag that is missing.
+        missing: &'static str,
+    },
+    /// A gRPC certificate or key file does not exist or is not a file.
+    #[error("--{flag} {path} is not a readable file")]
+    GrpcTlsFile {
+        /// The flag naming the file.
+        flag: &'static str,
+        /// The file.
+        path: PathBuf,
+    },
+    /// --sidecar-ca-configmap with a plaintext --sidecar-coordinator: the CA would be unused.
+    #[error(
+        "--sidecar-ca-configmap needs an https:// --sidecar-coordinator (got {0:?}): the \
+         sidecars only use the CA for TLS"
+    )]
+    SidecarCaWithoutTls(String),
+    /// The ConfigMap name is not a Kubernetes object name (the pod would not start).
+    #[error(
+        "--sidecar-ca-configmap {0:?} is not a Kubernetes ConfigMap name (lowercase letters, \
+         digits, '-' and '.', at most 253 characters)"
+    )]
+    BadConfigMapName(String),
     /// A webhook certificate or key file does not exist or is not a file.
     #[error("--{flag} {path} is not a readable file")]
     WebhookFile {
@@ -229,6 +281,7 @@ impl Config {
             return Err(ConfigError::StateDirMissing(self.state_file.clone()));
         }
         self.validate_listeners()?;
+        self.validate_grpc_tls()?;
         self.validate_webhook()?;
         for (name, d) in [
             ("heartbeat-interval", self.heartbeat_interval),
@@ -272,6 +325,43 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    fn validate_grpc_tls(&self) -> Result<(), ConfigError> {
+        let (cert, key) = match (&self.grpc_tls_cert, &self.grpc_tls_key) {
+            (None, None) => return Ok(()),
+            (Some(_), None) => {
+                return Err(ConfigError::GrpcTlsPair {
+                    given: "grpc-tls-cert",
+                    missing: "grpc-tls-key",
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::GrpcTlsPair {
+                    given: "grpc-tls-key",
+                    missing: "grpc-tls-cert",
+                });
+            }
+            (Some(cert), Some(key)) => (cert, key),
+        };
+        for (flag, path) in [("grpc-tls-cert", cert), ("grpc-tls-key", key)] {
+            // `is_file` follows symlinks, as a Secret volume's files are.
+            if !path.is_file() {
+                return Err(ConfigError::GrpcTlsFile {
+                    flag,
+                    path: path.clone(),
+                });
+            }
+        }
+        if self.grpc_tls_reload_interval.is_zero() {
+            return Err(ConfigError::ZeroInterval("grpc-tls-reload-interval"));
+        }
+        Ok(())
+    }
+
+    /// Whether the gRPC listener serves TLS (both --grpc-tls-cert and --grpc-tls-key given).
+    pub fn grpc_tls(&self) -> Option<(&PathBuf, &PathBuf)> {
+        self.grpc_tls_cert.as_ref().zip(self.grpc_tls_key.as_ref())
     }
 
     fn validate_webhook(&self) -> Result<(), ConfigError> {
@@ -333,6 +423,14 @@ impl Config {
         if rest.is_none_or(|r| r.is_empty() || r.chars().any(char::is_whitespace)) {
             return Err(ConfigError::BadCoordinatorUrl(url.clone()));
         }
+        if let Some(name) = &self.sidecar_ca_configmap {
+            if !url.starts_with("https://") {
+                return Err(ConfigError::SidecarCaWithoutTls(url.clone()));
+            }
+            if !is_object_name(name) {
+                return Err(ConfigError::BadConfigMapName(name.clone()));
+            }
+        }
         let quantity = |flag: &'static str, value: &str| {
             if is_quantity(value) {
                 Ok(value.to_owned())
@@ -355,6 +453,7 @@ impl Config {
             memory_limit: quantity("sidecar-memory-limit", &self.sidecar_memory_limit)?,
             sink: self.sidecar_sink.clone(),
             coordinator: url.clone(),
+            coordinator_ca_configmap: self.sidecar_ca_configmap.clone(),
         }))
     }
 
@@ -420,6 +519,21 @@ fn is_quantity(s: &str) -> bool {
     valid_number && valid_suffix
 }
 
+/// Whether `s` is a Kubernetes object name (a DNS subdomain: RFC 1123 labels of lowercase
+/// letters, digits and '-', joined by '.', at most 253 characters). Checked here because a pod
+/// mounting a ConfigMap under an invalid name is refused by the API server.
+fn is_object_name(s: &str) -> bool {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(label_ok)
+}
+
 fn unsigned_ms(name: &'static str, d: Duration) -> Result<u64, ConfigError> {
     u64::try_from(d.as_millis()).map_err(|_| ConfigError::TooLarge(name))
 }
@@ -469,5 +583,56 @@ mod tests {
             Err(ConfigError::StateDirMissing(_))
         ));
         assert!(Config::try_parse_from(["coordinator", "--margin", "soon"]).is_err());
+    }
+
+    #[test]
+    fn grpc_tls_needs_both_files() {
+        let c = parse(&["--grpc-tls-cert", "/nonexistent/tls.crt"]);
+        let err = c.validate().unwrap_err();
+        assert!(matches!(err, ConfigError::GrpcTlsPair { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("--grpc-tls-cert needs --grpc-tls-key"),
+            "{err}"
+        );
+        let err = parse(&["--grpc-tls-key", "k"]).validate().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--grpc-tls-key needs --grpc-tls-cert"),
+            "{err}"
+        );
+        let err = parse(&[
+            "--grpc-tls-cert",
+            "/nonexistent/c",
+            "--grpc-tls-key",
+            "/nonexistent/k",
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--grpc-tls-cert /nonexistent/c is not a readable file"),
+            "{err}"
+        );
+        assert!(parse(&[]).grpc_tls().is_none());
+    }
+
+    #[test]
+    fn object_names_follow_kubernetes() {
+        for ok in ["sluice-ca", "a", "ca.sluice.dev", "x1-2"] {
+            assert!(is_object_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "Sluice-CA",
+            "-a",
+            "a-",
+            "a..b",
+            "a_b",
+            "a b",
+            &"x".repeat(254),
+        ] {
+            assert!(!is_object_name(bad), "{bad}");
+        }
     }
 }

@@ -10,6 +10,8 @@
 //! - `gate_service`: `sluice.v1.GateControl` (one bidirectional stream per gate).
 //! - `cutover_service`: `sluice.v1.Cutover` (start, abort, get, list, watch).
 //! - `status`: core state and events to the `Cutover` wire types.
+//! - `grpc_tls`: gRPC over TLS (`--grpc-tls-cert`/`--grpc-tls-key`): the accept loop that
+//!   hands TLS connections to tonic, with the webhook's reloading certificate resolver.
 //! - [`webhook`]: the Kubernetes mutating admission webhook (HTTPS) that injects the gate
 //!   sidecar into Flink TaskManager pods, and its certificate reloading.
 //! - [`metrics`]: Prometheus metrics (plain HTTP).
@@ -17,14 +19,15 @@
 //! Server reflection (v1 and v1alpha) and the standard health service are served alongside.
 //!
 //! Entry points: [`run`], or [`Coordinator::open`] then [`Coordinator::serve`] (gRPC only) or
-//! [`Coordinator::serve_with`] (gRPC, webhook, metrics) to load the state and the webhook
-//! certificate before binding any listener.
+//! [`Coordinator::serve_with`] (gRPC, webhook, metrics) to load the state and the webhook and
+//! gRPC certificates before binding any listener.
 #![forbid(unsafe_code)]
 
 pub mod config;
 mod cutover_service;
 mod engine;
 mod gate_service;
+mod grpc_tls;
 pub mod metrics;
 mod status;
 pub mod store;
@@ -47,7 +50,7 @@ use crate::engine::{ENGINE_QUEUE, Engine, EngineHandle, OpenError, Timing};
 use crate::metrics::Metrics;
 use crate::store::{FileStore, StateStore, StoreError};
 use crate::webhook::InjectionConfig;
-use crate::webhook::tls::{ReloadingCert, TlsError};
+use crate::webhook::tls::{CertUse, ReloadingCert, TlsError};
 
 /// Why the coordinator could not start or stopped with a failure.
 #[derive(Debug, Error)]
@@ -76,6 +79,9 @@ pub enum Error {
     /// The webhook certificate or key could not be loaded.
     #[error("cannot load the webhook certificate")]
     WebhookTls(#[source] TlsError),
+    /// The gRPC certificate or key (--grpc-tls-cert, --grpc-tls-key) could not be loaded.
+    #[error("cannot load the gRPC TLS certificate")]
+    GrpcTls(#[source] TlsError),
     /// A webhook listener was given but the webhook is not configured (no --webhook-listen).
     #[error("a webhook listener was given but --webhook-listen is not set")]
     WebhookNotConfigured,
@@ -85,7 +91,7 @@ pub enum Error {
 /// surface before any port is bound, and tests can bind port 0).
 #[derive(Debug)]
 pub struct Listeners {
-    /// gRPC (GateControl, Cutover, health, reflection).
+    /// gRPC (GateControl, Cutover, health, reflection); TLS with --grpc-tls-cert.
     pub grpc: TcpListener,
     /// The admission webhook (HTTPS); needs --webhook-listen and its certificate.
     pub webhook: Option<TcpListener>,
@@ -105,6 +111,8 @@ pub struct Coordinator {
     store: Arc<dyn StateStore>,
     engine: Engine,
     webhook: Option<Webhook>,
+    /// The gRPC listener's certificate, when it serves TLS.
+    grpc_cert: Option<Arc<ReloadingCert>>,
     metrics: Metrics,
 }
 
@@ -115,13 +123,14 @@ impl std::fmt::Debug for Coordinator {
             .field("store", &self.store.describe())
             .field("pipelines", &self.engine.len())
             .field("webhook", &self.webhook.is_some())
+            .field("grpc_tls", &self.grpc_cert.is_some())
             .finish()
     }
 }
 
 impl Coordinator {
-    /// Validates `config`, loads the webhook certificate if the webhook is on, and loads the
-    /// state file (restoring every pipeline and writing the state back, which proves the file
+    /// Validates `config`, loads the webhook certificate if the webhook is on and the gRPC
+    /// certificate if gRPC serves TLS, and loads the state file (restoring every pipeline and writing the state back, which proves the file
     /// is writable). Nothing is bound yet.
     pub async fn open(config: Config) -> Result<Self, Error> {
         config.validate().map_err(Error::Config)?;
@@ -147,6 +156,12 @@ impl Coordinator {
             }),
             _ => None,
         };
+        let grpc_cert = match config.grpc_tls() {
+            Some((cert, key)) => Some(Arc::new(
+                ReloadingCert::load(cert, key).map_err(Error::GrpcTls)?,
+            )),
+            None => None,
+        };
         let engine = Engine::open(store.clone(), options)
             .await
             .map_err(|e| match e {
@@ -160,6 +175,7 @@ impl Coordinator {
             store,
             engine,
             webhook,
+            grpc_cert,
             metrics,
         })
     }
@@ -207,6 +223,7 @@ impl Coordinator {
             store,
             engine,
             webhook,
+            grpc_cert,
             metrics,
         } = self;
         let Listeners {
@@ -225,9 +242,13 @@ impl Coordinator {
             }
             (None, None) => None,
         };
+        let grpc_tls = match &grpc_cert {
+            Some(cert) => Some(cert.grpc_server_config().map_err(Error::GrpcTls)?),
+            None => None,
+        };
         tracing::info!(
-            listen = %addr, state = %store.describe(), pipelines = engine.len(),
-            "coordinator serving"
+            listen = %addr, tls = grpc_tls.is_some(), state = %store.describe(),
+            pipelines = engine.len(), "coordinator serving"
         );
 
         // `stop` ends the server, every stream and the engine: fired by `shutdown` or by the
@@ -277,6 +298,7 @@ impl Coordinator {
         if let (Some(webhook), Some(listener), Some(tls)) = (webhook, webhook_listener, webhook_tls)
         {
             side_tasks.spawn(webhook.cert.clone().watch(
+                CertUse::Webhook,
                 config.webhook_reload_interval,
                 metrics.clone(),
                 stop.clone(),
@@ -306,14 +328,35 @@ impl Coordinator {
             // Long-lived streams end on `stop`, so the graceful shutdown does not wait on them.
             signal_stop.cancel();
         };
-        let served = tonic::transport::Server::builder()
+        if let Some(cert) = &grpc_cert {
+            side_tasks.spawn(cert.clone().watch(
+                CertUse::Grpc,
+                config.grpc_tls_reload_interval,
+                metrics.clone(),
+                stop.clone(),
+            ));
+        }
+        let router = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(GateControlServer::new(gates))
-            .add_service(CutoverServer::new(cutover))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
-            .await;
+            .add_service(CutoverServer::new(cutover));
+        let served = match grpc_tls {
+            Some(tls) => {
+                let incoming = grpc_tls::incoming(
+                    listener,
+                    tokio_rustls::TlsAcceptor::from(tls),
+                    stop.clone(),
+                );
+                router.serve_with_incoming_shutdown(incoming, signal).await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+                    .await
+            }
+        };
         stop.cancel();
         // The webhook and metrics servers stop on `stop` (bounded by their shutdown grace); a
         // panic there is logged, never turned into a coordinator failure.

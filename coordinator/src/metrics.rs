@@ -1,6 +1,6 @@
 //! Prometheus metrics of the coordinator, served as text on `--metrics-listen` (`GET
-//! /metrics`). Few and real: webhook reviews by outcome, certificate reloads by result, and
-//! the number of pipelines known. Cutover counters stay in `GetPipeline` / `WatchPipeline`.
+//! /metrics`). Few and real: webhook reviews by outcome, certificate reloads (webhook and gRPC)
+//! by result, and the number of pipelines known. Cutover counters stay in `GetPipeline` / `WatchPipeline`.
 
 use std::sync::Arc;
 
@@ -11,6 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::webhook::review::Outcome;
+use crate::webhook::tls::CertUse;
 
 /// Content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -41,6 +42,7 @@ pub struct Metrics {
     registry: Arc<Registry>,
     reviews: Family<ReviewLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
+    grpc_reloads: Family<ReloadLabels, Counter>,
     pipelines: Gauge,
 }
 
@@ -56,6 +58,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("sluice");
         let reviews = Family::<ReviewLabels, Counter>::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
+        let grpc_reloads = Family::<ReloadLabels, Counter>::default();
         let pipelines = Gauge::default();
         registry.register(
             "webhook_reviews",
@@ -67,6 +70,11 @@ impl Metrics {
             "webhook_certificate_reloads",
             "Changes of the webhook certificate files, by result",
             reloads.clone(),
+        );
+        registry.register(
+            "grpc_certificate_reloads",
+            "Changes of the gRPC TLS certificate files, by result",
+            grpc_reloads.clone(),
         );
         registry.register(
             "pipelines",
@@ -81,11 +89,13 @@ impl Metrics {
         }
         for result in ["loaded", "failed"] {
             let _ = reloads.get_or_create(&ReloadLabels { result });
+            let _ = grpc_reloads.get_or_create(&ReloadLabels { result });
         }
         Self {
             registry: Arc::new(registry),
             reviews,
             reloads,
+            grpc_reloads,
             pipelines,
         }
     }
@@ -96,10 +106,14 @@ impl Metrics {
         self.reviews.get_or_create(&ReviewLabels { outcome }).inc();
     }
 
-    /// Counts one change of the certificate files.
-    pub fn cert_reload(&self, loaded: bool) {
+    /// Counts one change of the certificate files of `cert` (the webhook's or gRPC's).
+    pub fn cert_reload(&self, cert: CertUse, loaded: bool) {
         let result = if loaded { "loaded" } else { "failed" };
-        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+        let family = match cert {
+            CertUse::Webhook => &self.reloads,
+            CertUse::Grpc => &self.grpc_reloads,
+        };
+        family.get_or_create(&ReloadLabels { result }).inc();
     }
 
     /// Sets the number of pipelines known.
@@ -132,7 +146,8 @@ mod tests {
         m.review(Outcome::Injected);
         m.review(Outcome::Injected);
         m.review(Outcome::Error);
-        m.cert_reload(false);
+        m.cert_reload(CertUse::Webhook, false);
+        m.cert_reload(CertUse::Grpc, true);
         m.set_pipelines(3);
         let text = m.clone().encode();
         assert!(
@@ -149,6 +164,14 @@ mod tests {
         );
         assert!(
             text.contains("sluice_webhook_certificate_reloads_total{result=\"failed\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_grpc_certificate_reloads_total{result=\"loaded\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_grpc_certificate_reloads_total{result=\"failed\"} 0"),
             "{text}"
         );
         assert!(text.contains("sluice_pipelines 3"), "{text}");

@@ -2,8 +2,14 @@
 //!
 //! A channel is idle when the client said so, or when it sent no record and no watermark for
 //! `idle_timeout_ms`. Idle channels are excluded from the gate watermark until they speak again.
-//! A channel that closes is kept (with its last watermark) until it turns idle, so a crashed
-//! sink subtask cannot make the gate look drained before the idle timeout.
+//!
+//! A channel whose connection closed is never idle: it keeps counting with its last watermark
+//! until a channel with the same id opens again (a restarted sink subtask) or
+//! `closed_expiry_ms` passes. A crashed or restarting sink subtask will replay from its
+//! checkpoint, so until it is back the gate cannot know it has nothing left below the barrier
+//! (a real Flink TaskManager failover takes longer than any sensible idle timeout). A client
+//! that is done says so with a final `i64::MAX` watermark before closing, and then does not
+//! hold anything up.
 
 use std::collections::BTreeMap;
 
@@ -14,12 +20,21 @@ struct ChannelClock {
     watermark: Option<EventTime>,
     last_active_ms: u64,
     idle_marked: bool,
-    open: bool,
+    /// Connections open under this channel id (a reconnect may open before the old one closes).
+    connections: u32,
+    /// When the last connection closed; `None` while one is open.
+    closed_at_ms: Option<u64>,
 }
 
 impl ChannelClock {
     fn idle(&self, now_ms: u64, idle_timeout_ms: u64) -> bool {
-        self.idle_marked || now_ms.saturating_sub(self.last_active_ms) >= idle_timeout_ms
+        self.closed_at_ms.is_none()
+            && (self.idle_marked || now_ms.saturating_sub(self.last_active_ms) >= idle_timeout_ms)
+    }
+
+    fn expired(&self, now_ms: u64, closed_expiry_ms: u64) -> bool {
+        self.closed_at_ms
+            .is_some_and(|at| now_ms.saturating_sub(at) >= closed_expiry_ms)
     }
 }
 
@@ -29,7 +44,7 @@ pub struct GateClock {
     /// Minimum watermark over non-idle channels; `None` when a non-idle channel has none yet,
     /// or when every channel is idle.
     pub watermark: Option<EventTime>,
-    /// Channels tracked (open, or closed but not yet idle).
+    /// Channels tracked (open, or closed and not yet back or expired).
     pub channels: u32,
     /// Of those, how many are idle.
     pub idle_channels: u32,
@@ -40,14 +55,17 @@ pub struct GateClock {
 pub struct WatermarkTracker {
     channels: BTreeMap<String, ChannelClock>,
     idle_timeout_ms: u64,
+    closed_expiry_ms: u64,
 }
 
 impl WatermarkTracker {
-    /// A tracker that marks channels idle after `idle_timeout_ms` of silence.
-    pub fn new(idle_timeout_ms: u64) -> Self {
+    /// A tracker that marks open channels idle after `idle_timeout_ms` of silence and forgets
+    /// closed ones `closed_expiry_ms` after they closed.
+    pub fn new(idle_timeout_ms: u64, closed_expiry_ms: u64) -> Self {
         Self {
             channels: BTreeMap::new(),
             idle_timeout_ms,
+            closed_expiry_ms,
         }
     }
 
@@ -59,7 +77,8 @@ impl WatermarkTracker {
                 watermark: None,
                 last_active_ms: now_ms,
                 idle_marked: false,
-                open: true,
+                connections: 0,
+                closed_at_ms: None,
             });
         c.last_active_ms = now_ms;
         c.idle_marked = false;
@@ -68,7 +87,9 @@ impl WatermarkTracker {
 
     /// A channel opened (or re-opened with the same id after a reconnect).
     pub fn on_open(&mut self, channel: &str, now_ms: u64) {
-        self.touch(channel, now_ms).open = true;
+        let c = self.touch(channel, now_ms);
+        c.connections += 1;
+        c.closed_at_ms = None;
     }
 
     /// The channel sent a record: it is not idle.
@@ -89,10 +110,13 @@ impl WatermarkTracker {
         }
     }
 
-    /// The channel's connection closed; it stays until idle.
-    pub fn on_close(&mut self, channel: &str) {
+    /// The channel's connection closed; it keeps counting until it opens again or expires.
+    pub fn on_close(&mut self, channel: &str, now_ms: u64) {
         if let Some(c) = self.channels.get_mut(channel) {
-            c.open = false;
+            c.connections = c.connections.saturating_sub(1);
+            if c.connections == 0 {
+                c.closed_at_ms = Some(now_ms);
+            }
         }
     }
 
@@ -103,11 +127,10 @@ impl WatermarkTracker {
             .is_some_and(|c| c.idle(now_ms, self.idle_timeout_ms))
     }
 
-    /// The gate watermark now; forgets closed channels that have gone idle.
+    /// The gate watermark now; forgets closed channels that expired.
     pub fn clock(&mut self, now_ms: u64) -> GateClock {
-        let timeout = self.idle_timeout_ms;
-        self.channels
-            .retain(|_, c| c.open || !c.idle(now_ms, timeout));
+        let (timeout, expiry) = (self.idle_timeout_ms, self.closed_expiry_ms);
+        self.channels.retain(|_, c| !c.expired(now_ms, expiry));
         let mut clock = GateClock {
             channels: self.channels.len() as u32,
             ..GateClock::default()
@@ -136,7 +159,7 @@ mod tests {
 
     #[test]
     fn gate_watermark_is_the_minimum_of_live_channels() {
-        let mut t = WatermarkTracker::new(1_000);
+        let mut t = WatermarkTracker::new(1_000, 60_000);
         t.on_watermark("a", 100, 0);
         t.on_watermark("b", 50, 0);
         assert_eq!(t.clock(10).watermark, Some(50));
@@ -146,7 +169,7 @@ mod tests {
 
     #[test]
     fn idle_channels_are_excluded_until_they_speak() {
-        let mut t = WatermarkTracker::new(1_000);
+        let mut t = WatermarkTracker::new(1_000, 60_000);
         t.on_watermark("a", 100, 0);
         t.on_watermark("b", 50, 0);
         t.on_idle("b");
@@ -166,29 +189,50 @@ mod tests {
 
     #[test]
     fn a_live_channel_without_watermark_makes_the_gate_unknown() {
-        let mut t = WatermarkTracker::new(1_000);
+        let mut t = WatermarkTracker::new(1_000, 60_000);
         t.on_watermark("a", 100, 0);
         t.on_record("b", 0);
         assert_eq!(t.clock(1).watermark, None);
-        let mut all_idle = WatermarkTracker::new(10);
+        let mut all_idle = WatermarkTracker::new(10, 60_000);
         all_idle.on_watermark("a", 5, 0);
         let c = all_idle.clock(100);
         assert_eq!((c.watermark, c.channels, c.idle_channels), (None, 1, 1));
     }
 
     #[test]
-    fn closed_channels_linger_until_idle_then_go() {
-        let mut t = WatermarkTracker::new(100);
+    fn closed_channels_count_past_the_idle_timeout_until_back_or_expired() {
+        let mut t = WatermarkTracker::new(100, 1_000);
         t.on_watermark("a", 7, 0);
-        t.on_close("a");
-        assert_eq!(t.clock(50).channels, 1);
-        assert_eq!(t.clock(50).watermark, Some(7));
-        assert_eq!(t.clock(150).channels, 0);
+        t.on_watermark("b", 9, 0);
+        t.on_close("a", 10);
+        // Long past the idle timeout, the closed channel still holds the gate watermark.
+        let c = t.clock(500);
+        assert_eq!((c.channels, c.idle_channels, c.watermark), (2, 1, Some(7)));
+        // It comes back (a restarted subtask) and moves on.
+        t.on_open("a", 600);
+        t.on_watermark("a", 20, 600);
+        assert_eq!(t.clock(650).watermark, Some(20));
+        // Closed again and never back: forgotten after the expiry.
+        t.on_close("a", 700);
+        assert_eq!(t.clock(1_699).channels, 2);
+        let c = t.clock(1_700);
+        assert_eq!((c.channels, c.watermark), (1, None));
+        // A reconnect that opens before the old connection closes keeps the channel open.
+        t.on_open("b", 1_750);
+        t.on_open("b", 1_760);
+        t.on_close("b", 1_770);
+        assert_eq!(t.clock(1_900).idle_channels, 1, "open and silent: idle");
+        t.on_close("b", 1_780);
+        t.on_watermark("b", 9, 1_790);
+        // An explicitly idle channel that closes counts again: it may replay when it returns.
+        t.on_idle("b");
+        t.on_close("b", 1_800);
+        assert_eq!(t.clock(1_800).watermark, Some(9));
     }
 
     #[test]
     fn watermarks_never_go_backwards() {
-        let mut t = WatermarkTracker::new(100);
+        let mut t = WatermarkTracker::new(100, 60_000);
         t.on_watermark("a", 70, 0);
         t.on_watermark("a", 60, 1);
         assert_eq!(t.clock(2).watermark, Some(70));

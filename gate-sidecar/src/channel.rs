@@ -529,7 +529,8 @@ impl<S: Sink> Channel<S> {
         let held = self.queue.len();
         {
             let mut state = self.gate.lock();
-            state.tracker.on_close(&self.id);
+            let now = self.gate.now_ms();
+            state.tracker.on_close(&self.id, now);
             state.counters.held = state.counters.held.saturating_sub(held as u64);
         }
         // Batches already handed to the sink still get delivered: count them when they are.

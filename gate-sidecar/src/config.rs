@@ -2,15 +2,25 @@
 //!
 //! [`Config`] is parsed by clap; [`Config::validated`] checks it and resolves the gate id, so a
 //! bad setting is reported with a readable message before any socket is bound.
+//!
+//! An `https://` `--coordinator` is dialled over TLS: [`Config::validated`] loads the CA file
+//! (`--coordinator-ca`) or the system roots once to prove they serve, and records the trust
+//! settings in the [`CoordinatorEndpoint`], which reads the CA file again at every connection
+//! (a CA rotated in a mounted ConfigMap is picked up by the next reconnect).
 
+use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use sluice_proto::framing::DEFAULT_MAX_FRAME;
 use thiserror::Error;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use crate::sink::kafka::{KafkaConfigError, KafkaSettings, parse_option};
 
@@ -24,13 +34,25 @@ use crate::sink::kafka::{KafkaConfigError, KafkaSettings, parse_option};
     about = "sluice gate sidecar: admits or drops sink-bound records against the coordinator's barrier"
 )]
 pub struct Config {
-    /// gRPC URL of the coordinator's `GateControl` service.
+    /// gRPC URL of the coordinator's `GateControl` service. `https://` dials it over TLS,
+    /// verified against --coordinator-ca (else the system roots); `http://` is plaintext.
     #[arg(
         long,
         env = "SLUICE_COORDINATOR",
         default_value = "http://127.0.0.1:7070"
     )]
-    pub coordinator: String,
+    pub coordinator: CoordinatorEndpoint,
+
+    /// PEM file of the CA certificate(s) the coordinator's TLS certificate must chain to
+    /// (instead of the system roots). Needs an `https://` --coordinator. Read again at every
+    /// connection, so a rotated CA (a mounted ConfigMap) is picked up on the next reconnect.
+    #[arg(long, env = "SLUICE_COORDINATOR_CA")]
+    pub coordinator_ca: Option<PathBuf>,
+
+    /// Name to verify the coordinator's certificate against, instead of the host of
+    /// --coordinator (e.g. when dialling an IP address or a port-forward). Needs `https://`.
+    #[arg(long, env = "SLUICE_COORDINATOR_TLS_SERVER_NAME")]
+    pub coordinator_tls_server_name: Option<String>,
 
     /// Pipeline this gate belongs to, `namespace/name` (e.g. `payments/fraud-scorer`).
     #[arg(long, env = "SLUICE_PIPELINE")]
@@ -95,6 +117,13 @@ pub struct Config {
     /// watermark until it speaks again.
     #[arg(long, env = "SLUICE_IDLE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
+
+    /// A channel whose connection closed keeps counting in the gate watermark (with its last
+    /// watermark) until a channel with the same id reconnects, or this long. Set it above the
+    /// job's worst restart time: a drain completed without a restarting subtask loses what it
+    /// would have replayed below the barrier.
+    #[arg(long, env = "SLUICE_CLOSED_CHANNEL_EXPIRY", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub closed_channel_expiry: Duration,
 
     /// How often progress (high mark, watermark, counters) is reported to the coordinator.
     #[arg(long, env = "SLUICE_PROGRESS_INTERVAL", default_value = "200ms", value_parser = humantime::parse_duration)]
@@ -200,6 +229,162 @@ impl std::fmt::Display for SinkSpec {
     }
 }
 
+/// Where the coordinator is and, for `https://`, how its certificate is verified.
+///
+/// Parsed from `--coordinator` (the URL); [`Config::validated`] adds the trust settings of
+/// `--coordinator-ca` and `--coordinator-tls-server-name`, so the control task gets them with
+/// the URL. Displays as the URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoordinatorEndpoint {
+    url: String,
+    tls: Option<TlsTrust>,
+}
+
+/// How the coordinator's certificate is verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TlsTrust {
+    /// PEM CA file; `None`: the system roots.
+    ca: Option<PathBuf>,
+    /// Name to verify instead of the URL's host.
+    server_name: Option<String>,
+}
+
+impl CoordinatorEndpoint {
+    /// The URL as given.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Whether the URL asks for TLS (`https://`).
+    pub fn is_tls(&self) -> bool {
+        self.url.starts_with("https://")
+    }
+
+    /// The CA file the coordinator's certificate is verified against (`None`: plaintext, or
+    /// the system roots).
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.tls.as_ref().and_then(|t| t.ca.as_deref())
+    }
+
+    /// A tonic endpoint for the URL, with TLS set up for `https://`: the CA file is read now,
+    /// so every call sees its current content. Timeouts and keepalives are the caller's.
+    pub fn endpoint(&self) -> Result<Endpoint, CoordinatorEndpointError> {
+        let endpoint =
+            Endpoint::from_shared(self.url.clone()).map_err(CoordinatorEndpointError::Url)?;
+        if !self.is_tls() {
+            return Ok(endpoint);
+        }
+        let default = TlsTrust {
+            ca: None,
+            server_name: None,
+        };
+        let trust = self.tls.as_ref().unwrap_or(&default);
+        let mut tls = ClientTlsConfig::new().timeout(TLS_HANDSHAKE_TIMEOUT);
+        tls = match &trust.ca {
+            Some(path) => tls.trust_anchors(load_ca(path)?.roots),
+            None => tls.with_native_roots(),
+        };
+        if let Some(name) = &trust.server_name {
+            ServerName::try_from(name.as_str())
+                .map_err(|e| CoordinatorEndpointError::BadServerName(name.clone(), e))?;
+            tls = tls.domain_name(name.clone());
+        }
+        endpoint
+            .tls_config(tls)
+            .map_err(CoordinatorEndpointError::Setup)
+    }
+}
+
+/// Time for the TLS handshake with the coordinator.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads and checks a PEM CA file: every certificate must parse as a trust anchor, and there
+/// must be at least one (rustls would otherwise skip unparsable ones silently).
+fn load_ca(path: &Path) -> Result<RootCertStore, CoordinatorEndpointError> {
+    let pem = std::fs::read(path).map_err(|e| CoordinatorEndpointError::ReadCa(path.into(), e))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CoordinatorEndpointError::BadCaPem(path.into(), e))?;
+    if certs.is_empty() {
+        return Err(CoordinatorEndpointError::NoCaCertificate(path.into()));
+    }
+    let mut roots = RootCertStore::empty();
+    for (i, cert) in certs.into_iter().enumerate() {
+        roots
+            .add(cert)
+            .map_err(|source| CoordinatorEndpointError::BadCaCertificate {
+                path: path.into(),
+                index: i + 1,
+                source,
+            })?;
+    }
+    Ok(roots)
+}
+
+impl FromStr for CoordinatorEndpoint {
+    type Err = std::convert::Infallible;
+
+    /// Takes the URL as is; [`Config::validated`] checks it.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self {
+            url: s.to_owned(),
+            tls: None,
+        })
+    }
+}
+
+impl fmt::Display for CoordinatorEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+impl PartialEq<&str> for CoordinatorEndpoint {
+    fn eq(&self, other: &&str) -> bool {
+        self.url == *other
+    }
+}
+
+/// Why TLS to the coordinator cannot be set up. One variant per cause; messages name the
+/// file and say what is wrong with it, since the sidecar's start-up error shows only them.
+#[derive(Debug, Error)]
+pub enum CoordinatorEndpointError {
+    /// The URL is not usable.
+    #[error("--coordinator is not a valid URL")]
+    Url(#[source] tonic::transport::Error),
+    /// The CA file cannot be read.
+    #[error("cannot read --coordinator-ca {0}: {1}")]
+    ReadCa(PathBuf, #[source] std::io::Error),
+    /// The CA file has a malformed PEM section.
+    #[error("--coordinator-ca {0} is not valid PEM: {1}")]
+    BadCaPem(PathBuf, #[source] rustls::pki_types::pem::Error),
+    /// The CA file holds no PEM certificate.
+    #[error("--coordinator-ca {0} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")]
+    NoCaCertificate(PathBuf),
+    /// A certificate in the CA file cannot be a trust anchor.
+    #[error(
+        "certificate {index} in --coordinator-ca {path} is not a usable CA certificate: {source}"
+    )]
+    BadCaCertificate {
+        /// The CA file.
+        path: PathBuf,
+        /// Which certificate, from 1.
+        index: usize,
+        /// What rustls said.
+        #[source]
+        source: rustls::Error,
+    },
+    /// The server name override is not a DNS name or IP address.
+    #[error("--coordinator-tls-server-name {0:?} is not a DNS name or IP address")]
+    BadServerName(String, #[source] rustls::pki_types::InvalidDnsNameError),
+    /// tonic refused the TLS settings (e.g. no system root certificate was found).
+    #[error(
+        "cannot set up TLS to the coordinator (without --coordinator-ca the system root \
+         certificates are used; give the CA file if there are none): {0}"
+    )]
+    Setup(#[source] tonic::transport::Error),
+}
+
 /// A setting the sidecar cannot run with.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -224,6 +409,20 @@ pub enum ConfigError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// `--coordinator` is neither `http://` nor `https://`.
+    #[error("--coordinator `{0}` must be an http:// or https:// URL")]
+    CoordinatorScheme(String),
+    /// A TLS setting was given for a plaintext `--coordinator`.
+    #[error("--{flag} needs an https:// --coordinator (got `{url}`)")]
+    TlsWithoutHttps {
+        /// The TLS flag given.
+        flag: &'static str,
+        /// The plaintext URL.
+        url: String,
+    },
+    /// TLS to the coordinator cannot be set up (CA file, server name, system roots).
+    #[error(transparent)]
+    CoordinatorTls(CoordinatorEndpointError),
     /// `--socket` is empty.
     #[error("--socket must not be empty")]
     EmptySocket,
@@ -265,12 +464,7 @@ impl Config {
         if self.gate_id.as_deref() == Some("") {
             return Err(ConfigError::EmptyGateId);
         }
-        if let Err(source) = tonic::transport::Endpoint::from_shared(self.coordinator.clone()) {
-            return Err(ConfigError::Coordinator {
-                url: self.coordinator,
-                source,
-            });
-        }
+        self.validate_coordinator()?;
         if self.socket.as_os_str().is_empty() {
             return Err(ConfigError::EmptySocket);
         }
@@ -306,6 +500,10 @@ impl Config {
             ("max-frame-bytes", self.max_frame_bytes > 0),
             ("sink-queue", self.sink_queue > 0),
             ("idle-timeout", !self.idle_timeout.is_zero()),
+            (
+                "closed-channel-expiry",
+                !self.closed_channel_expiry.is_zero(),
+            ),
             ("progress-interval", !self.progress_interval.is_zero()),
             (
                 "reconnect-max-backoff",
@@ -319,6 +517,41 @@ impl Config {
             self.gate_id = Some(default_gate_id(&self.deployment));
         }
         Ok(self)
+    }
+
+    /// Checks the coordinator URL and its TLS settings, and records them in
+    /// [`Config::coordinator`]. Loads the CA file (or the system roots) once, so an unreadable
+    /// or garbage CA stops the sidecar here rather than at every reconnect.
+    fn validate_coordinator(&mut self) -> Result<(), ConfigError> {
+        let url = self.coordinator.url.clone();
+        if let Err(source) = Endpoint::from_shared(url.clone()) {
+            return Err(ConfigError::Coordinator { url, source });
+        }
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ConfigError::CoordinatorScheme(url));
+        }
+        if !self.coordinator.is_tls() {
+            let given = [
+                ("coordinator-ca", self.coordinator_ca.is_some()),
+                (
+                    "coordinator-tls-server-name",
+                    self.coordinator_tls_server_name.is_some(),
+                ),
+            ];
+            if let Some((flag, _)) = given.iter().find(|(_, g)| *g) {
+                return Err(ConfigError::TlsWithoutHttps { flag, url });
+            }
+            self.coordinator.tls = None;
+            return Ok(());
+        }
+        self.coordinator.tls = Some(TlsTrust {
+            ca: self.coordinator_ca.clone(),
+            server_name: self.coordinator_tls_server_name.clone(),
+        });
+        self.coordinator
+            .endpoint()
+            .map_err(ConfigError::CoordinatorTls)?;
+        Ok(())
     }
 
     /// The Kafka sink's settings, when the sink is Kafka.
@@ -471,6 +704,123 @@ mod tests {
             ),
             (&["--default-topic", ""], "--default-topic"),
             (&["--coordinator", "not a url"], "--coordinator"),
+        ];
+        for (args, expected) in cases {
+            let err = parse(args).validated().unwrap_err().to_string();
+            assert!(err.contains(expected), "{args:?}: {err}");
+        }
+    }
+
+    /// A self-signed CA certificate, in PEM.
+    fn ca_pem() -> String {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn https_with_a_ca_file_validates_and_records_the_trust() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.crt");
+        // Two CAs (a bundle during a rotation) are fine.
+        std::fs::write(&ca, ca_pem() + &ca_pem()).unwrap();
+        let ca_arg = ca.to_str().unwrap();
+        let c = parse(&[
+            "--coordinator",
+            "https://sluice-coordinator.sluice.svc:7070",
+        ]);
+        let c = Config {
+            coordinator_ca: Some(ca.clone()),
+            ..c
+        }
+        .validated()
+        .unwrap();
+        assert!(c.coordinator.is_tls());
+        assert_eq!(c.coordinator.ca_file(), Some(ca.as_path()));
+        assert_eq!(
+            c.coordinator.to_string(),
+            "https://sluice-coordinator.sluice.svc:7070"
+        );
+        c.coordinator.endpoint().unwrap();
+        // Validated again: the same.
+        assert_eq!(c.clone().validated().unwrap().coordinator, c.coordinator);
+        let c = parse(&[
+            "--coordinator",
+            "https://127.0.0.1:7070",
+            "--coordinator-ca",
+            ca_arg,
+            "--coordinator-tls-server-name",
+            "sluice-coordinator.sluice.svc",
+        ])
+        .validated()
+        .unwrap();
+        c.coordinator.endpoint().unwrap();
+        // Plaintext has no trust settings.
+        let c = parse(&[]).validated().unwrap();
+        assert!(!c.coordinator.is_tls() && c.coordinator.ca_file().is_none());
+    }
+
+    #[test]
+    fn tls_settings_are_refused_with_readable_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.crt");
+        std::fs::write(&garbage, "this is not a certificate\n").unwrap();
+        let bad_der = dir.path().join("bad-der.crt");
+        std::fs::write(
+            &bad_der,
+            "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQ==\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let good = dir.path().join("ca.crt");
+        std::fs::write(&good, ca_pem()).unwrap();
+        let (garbage, bad_der, good) = (
+            garbage.to_str().unwrap(),
+            bad_der.to_str().unwrap(),
+            good.to_str().unwrap(),
+        );
+        let https = "https://sluice-coordinator.sluice.svc:7070";
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &[
+                    "--coordinator",
+                    https,
+                    "--coordinator-ca",
+                    "/nonexistent/ca.crt",
+                ],
+                "cannot read --coordinator-ca /nonexistent/ca.crt",
+            ),
+            (
+                &["--coordinator", https, "--coordinator-ca", garbage],
+                "holds no PEM certificate",
+            ),
+            (
+                &["--coordinator", https, "--coordinator-ca", bad_der],
+                "certificate 1 in --coordinator-ca",
+            ),
+            (
+                &["--coordinator-ca", good],
+                "--coordinator-ca needs an https:// --coordinator (got `http://127.0.0.1:7070`)",
+            ),
+            (
+                &["--coordinator-tls-server-name", "x"],
+                "--coordinator-tls-server-name needs an https:// --coordinator",
+            ),
+            (
+                &[
+                    "--coordinator",
+                    https,
+                    "--coordinator-ca",
+                    good,
+                    "--coordinator-tls-server-name",
+                    "not a name!",
+                ],
+                "--coordinator-tls-server-name \"not a name!\" is not a DNS name",
+            ),
+            (
+                &["--coordinator", "ftp://coordinator:7070"],
+                "must be an http:// or https:// URL",
+            ),
         ];
         for (args, expected) in cases {
             let err = parse(args).validated().unwrap_err().to_string();

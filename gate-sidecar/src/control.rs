@@ -4,6 +4,11 @@
 //! a `GateVote`) and send `GateProgress` every progress interval. When the session ends for any
 //! reason the gate keeps its last assignment — an active gate keeps admitting, a standby keeps
 //! dropping, a prepared gate keeps holding — and the task reconnects with exponential backoff.
+//!
+//! With an `https://` coordinator every connection is TLS, verified against the configured CA
+//! file (read again for each connection, so a rotated CA is used from the next reconnect on)
+//! or the system roots. A TLS failure is one more reason for a session to end: same backoff,
+//! same kept state.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,15 +20,15 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 
+use crate::config::{CoordinatorEndpoint, CoordinatorEndpointError};
 use crate::gate::Gate;
 
 /// Reports queued for the coordinator; progress is skipped (not queued) when it is full.
 const REPORT_QUEUE: usize = 16;
 /// First reconnect delay; doubles up to the configured maximum.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
-/// Limit on establishing a TCP + HTTP/2 connection to the coordinator.
+/// Limit on establishing a TCP (+ TLS) + HTTP/2 connection to the coordinator.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// HTTP/2 pings detect a coordinator that vanished without closing the connection.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -32,8 +37,8 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Settings of the control task.
 #[derive(Debug, Clone)]
 pub(crate) struct ControlSettings {
-    /// Coordinator URL (validated).
-    pub coordinator: String,
+    /// Coordinator URL and TLS trust (validated).
+    pub coordinator: CoordinatorEndpoint,
     /// Interval of progress reports.
     pub progress_interval: Duration,
     /// Largest delay between reconnects.
@@ -43,8 +48,8 @@ pub(crate) struct ControlSettings {
 /// Why a control session ended.
 #[derive(Debug, Error)]
 enum ControlError {
-    #[error("invalid coordinator URL")]
-    Url(#[source] tonic::transport::Error),
+    #[error("cannot set up the connection to the coordinator")]
+    Endpoint(#[source] CoordinatorEndpointError),
     #[error("cannot connect to the coordinator")]
     Connect(#[source] tonic::transport::Error),
     #[error("the coordinator refused the attach")]
@@ -100,8 +105,10 @@ async fn attach(
     settings: &ControlSettings,
     attached: &mut bool,
 ) -> Result<std::convert::Infallible, ControlError> {
-    let endpoint = Endpoint::from_shared(settings.coordinator.clone())
-        .map_err(ControlError::Url)?
+    let endpoint = settings
+        .coordinator
+        .endpoint()
+        .map_err(ControlError::Endpoint)?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)

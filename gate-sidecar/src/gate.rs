@@ -57,13 +57,18 @@ pub(crate) struct Gate {
 impl Gate {
     /// A gate with no assignment, so every record is held (fail closed), whose high mark
     /// starts at the persisted ceiling of any earlier incarnation.
-    pub fn new(identity: GateIdentity, idle_timeout_ms: u64, ceiling: Ceiling) -> Self {
+    pub fn new(
+        identity: GateIdentity,
+        idle_timeout_ms: u64,
+        closed_expiry_ms: u64,
+        ceiling: Ceiling,
+    ) -> Self {
         Self {
             identity,
             state: Mutex::new(GateState {
                 core: GateCore::resume(ceiling.current()),
                 ceiling,
-                tracker: WatermarkTracker::new(idle_timeout_ms),
+                tracker: WatermarkTracker::new(idle_timeout_ms, closed_expiry_ms),
                 counters: Counters::default(),
             }),
             changes: watch::channel(0).0,
@@ -179,7 +184,7 @@ mod tests {
     fn gate() -> Gate {
         let dir = tempfile::tempdir().unwrap();
         let ceiling = Ceiling::load(&dir.path().join("hm"), 1_000).unwrap();
-        Gate::new(identity(), 1_000, ceiling)
+        Gate::new(identity(), 1_000, 60_000, ceiling)
     }
 
     #[test]
@@ -189,7 +194,12 @@ mod tests {
         let mut before = Ceiling::load(&path, 1_000).unwrap();
         before.cover(5_000).unwrap();
         // The sidecar crashes; its successor loads the same file.
-        let g = Gate::new(identity(), 1_000, Ceiling::load(&path, 1_000).unwrap());
+        let g = Gate::new(
+            identity(),
+            1_000,
+            60_000,
+            Ceiling::load(&path, 1_000).unwrap(),
+        );
         assert_eq!(g.lock().core.high_mark(), Some(6_000));
         let prepare = assignment(
             1,

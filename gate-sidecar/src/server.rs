@@ -245,7 +245,8 @@ pub async fn run_with_sink<S: Sink>(
     if let Some(c) = ceiling.current() {
         tracing::info!(file = %path.display(), ceiling = c, "resuming with the high-mark ceiling of an earlier run");
     }
-    let gate = Arc::new(Gate::new(identity, idle_ms, ceiling));
+    let expiry_ms = u64::try_from(config.closed_channel_expiry.as_millis()).unwrap_or(u64::MAX);
+    let gate = Arc::new(Gate::new(identity, idle_ms, expiry_ms, ceiling));
     let sink = Arc::new(sink);
     let settings = Arc::new(ChannelSettings {
         max_frame_bytes: config.max_frame_bytes,
@@ -379,6 +380,7 @@ fn log_startup(
         hold_limit = config.hold_limit,
         max_frame_bytes = config.max_frame_bytes,
         idle_timeout = %humantime::format_duration(config.idle_timeout),
+        closed_channel_expiry = %humantime::format_duration(config.closed_channel_expiry),
         progress_interval = %humantime::format_duration(config.progress_interval),
         reconnect_max_backoff = %humantime::format_duration(config.reconnect_max_backoff),
         "gate sidecar starting (fail closed: holding every record until the coordinator assigns a role)"

@@ -8,7 +8,11 @@ use sluice_proto::v1::{self, client_frame};
 #[tokio::test]
 async fn watermarks_idle_and_closed_channels_show_in_progress() {
     let coord = FakeCoordinator::start(Some(active(1, 0))).await;
-    let sidecar = Sidecar::start(&coord.url(), &["--idle-timeout", "1s"]).await;
+    let sidecar = Sidecar::start(
+        &coord.url(),
+        &["--idle-timeout", "1s", "--closed-channel-expiry", "3s"],
+    )
+    .await;
     let mut a = sidecar.channel("a").await;
     let mut b = sidecar.channel("b").await;
     a.send(client_frame::Kind::Watermark(v1::Watermark {
@@ -38,12 +42,21 @@ async fn watermarks_idle_and_closed_channels_show_in_progress() {
         })
         .await;
 
-    // a closes: it lingers until idle, then is forgotten; b, silent, stays idle.
+    // a closes: it keeps counting (never idle) past the idle timeout, until it expires; b,
+    // silent, stays idle.
     a.flush(1).await;
     a.expect_ack(1).await;
     drop(a);
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    assert!(
+        coord.progress().last().is_some_and(|p| {
+            p.channels == 2 && p.idle_channels == 1 && p.watermark_ms == Some(500)
+        }),
+        "a closed channel still counts after the idle timeout: {:?}",
+        coord.progress().last()
+    );
     coord
-        .wait_until("closed channel forgotten once idle", |c| {
+        .wait_until("closed channel forgotten once expired", |c| {
             c.progress().last().is_some_and(|p| {
                 p.channels == 1 && p.idle_channels == 1 && p.watermark_ms.is_none()
             })

@@ -4,11 +4,13 @@
 //! - [`procs`]: starting the real `coordinator` and `gate-sidecar` binaries.
 //! - [`client`]: a native-frame client, doing what a Flink sink writer does.
 //! - [`kafka`]: a real tansu broker, topic creation and reading a topic back.
+//! - [`flink`]: real Apache Flink jobs (the Java reference sink) cut over end to end.
 //! - [`scenario`]: the process-level blue/green cutover, counted record by record; used by the
 //!   `demo` binary and `tests/process.rs`.
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod flink;
 pub mod kafka;
 pub mod procs;
 pub mod scenario;

@@ -100,6 +100,11 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// The exit status if the process has exited (reaped), `None` while it runs.
+    pub fn exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
     /// Fails if the process has exited.
     pub fn check_alive(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {

@@ -333,6 +333,8 @@ struct Chan {
     wake_gen: u64,
     last_admitted_seq: Option<u32>,
     closed: bool,
+    /// When the channel closed (meaningful while `closed`).
+    closed_at: u64,
     // What the gate's tracker should know of this channel (an independent model of
     // `WatermarkTracker`, checked against it on every progress report):
     /// The client is connected to the current sidecar incarnation.
@@ -463,6 +465,9 @@ struct Scenario {
     green_start_ms: u64,
     replay_speed: u64,
     idle_timeout_ms: u64,
+    /// A closed channel counts until it reconnects or this long (derived from the idle timeout,
+    /// not drawn, so the seeds' scenarios are unchanged).
+    closed_expiry_ms: u64,
     wm_interval_ms: u64,
     heartbeat_ms: u64,
     tick_ms: u64,
@@ -682,6 +687,8 @@ impl<'a> Sim<'a> {
         } else {
             0
         };
+        // Drawn here, in the same order as when it was drawn inside the literal below.
+        let idle_timeout_ms = rng.random_range(500..=2_000);
         let sc = Scenario {
             spacing_ms,
             bound_ms,
@@ -689,7 +696,8 @@ impl<'a> Sim<'a> {
             green_layout,
             green_start_ms,
             replay_speed,
-            idle_timeout_ms: rng.random_range(500..=2_000),
+            idle_timeout_ms,
+            closed_expiry_ms: idle_timeout_ms * 3,
             wm_interval_ms: rng.random_range(100..=300),
             heartbeat_ms: 200,
             tick_ms: 100,
@@ -735,7 +743,7 @@ impl<'a> Sim<'a> {
                     alive: false,
                     incarnation: 0,
                     core: GateCore::new(),
-                    tracker: WatermarkTracker::new(sc.idle_timeout_ms),
+                    tracker: WatermarkTracker::new(sc.idle_timeout_ms, sc.closed_expiry_ms),
                     queues: vec![],
                     mirrors: vec![],
                     stream: None,
@@ -770,6 +778,7 @@ impl<'a> Sim<'a> {
                         wake_gen: 0,
                         last_admitted_seq: None,
                         closed: false,
+                        closed_at: 0,
                         attached: false,
                         last_touch: 0,
                         idle_marked: false,
@@ -1645,7 +1654,7 @@ impl<'a> Sim<'a> {
 
     /// Brings a gate (back) up: fresh, fail-closed core, channels reconnect, attach, heartbeats.
     fn start_gate(&mut self, g: usize) {
-        let idle = self.sc.idle_timeout_ms;
+        let (idle, expiry) = (self.sc.idle_timeout_ms, self.sc.closed_expiry_ms);
         let limit = self.sc.queue_limit;
         let gate = &mut self.gates[g];
         gate.alive = true;
@@ -1655,7 +1664,7 @@ impl<'a> Sim<'a> {
         } else {
             GateCore::resume(gate.ceiling)
         };
-        gate.tracker = WatermarkTracker::new(idle);
+        gate.tracker = WatermarkTracker::new(idle, expiry);
         for q in gate.queues.iter_mut() {
             *q = ChannelQueue::new(limit);
         }
@@ -1740,19 +1749,24 @@ impl<'a> Sim<'a> {
     }
 
     fn chan_close(&mut self, c: usize) {
+        let now = self.now;
         let ch = &mut self.chans[c];
-        self.gates[ch.gate].tracker.on_close(&ch.name);
+        self.gates[ch.gate].tracker.on_close(&ch.name, now);
         ch.closed = true;
+        ch.closed_at = now;
     }
 
     /// The model's view of a channel at its gate: (tracked, live).
     fn chan_state(&self, c: usize) -> (bool, bool) {
         let ch = &self.chans[c];
-        let live = ch.attached
-            && !ch.idle_marked
-            && self.now.saturating_sub(ch.last_touch) < self.sc.idle_timeout_ms;
-        // A closed channel is forgotten once idle.
-        (ch.attached && (!ch.closed || live), live)
+        // A closed channel is never idle: it counts until it reconnects or expires.
+        let tracked = ch.attached
+            && (!ch.closed || self.now.saturating_sub(ch.closed_at) < self.sc.closed_expiry_ms);
+        let live = tracked
+            && (ch.closed
+                || (!ch.idle_marked
+                    && self.now.saturating_sub(ch.last_touch) < self.sc.idle_timeout_ms));
+        (tracked, live)
     }
 
     /// The gate's progress report, checked against the model of its channels; also returns the

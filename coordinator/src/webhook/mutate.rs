@@ -16,6 +16,11 @@
 //! - the environment of the sidecar and of the Flink containers (the job's sink reads
 //!   `SLUICE_SOCKET`, `SLUICE_PIPELINE`, `SLUICE_DEPLOYMENT`); a variable the user already set
 //!   is kept;
+//! - with [`InjectionConfig::coordinator_ca_configmap`] (gRPC over TLS to the coordinator): a
+//!   `configMap` volume [`CA_VOLUME_NAME`] of that ConfigMap's `ca.crt`, mounted read-only at
+//!   [`CA_DIR`] in the sidecar only, and `SLUICE_COORDINATOR_CA` pointing at it. The ConfigMap
+//!   is not optional: a pod whose namespace lacks it does not start (visibly, in its events)
+//!   rather than run a sidecar that cannot verify the coordinator;
 //! - the annotation [`ANNOTATION_INJECTED`].
 //!
 //! The patch is computed from the typed pod (whose lists keep the API server's order) and only
@@ -26,9 +31,9 @@ use std::collections::BTreeMap;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, Pod, Probe, ResourceRequirements, SeccompProfile,
-    SecurityContext, Volume, VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, Pod, Probe, ResourceRequirements,
+    SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -72,6 +77,16 @@ pub const HEALTH_PORT_NAME: &str = "sluice-health";
 /// User (and group) the sidecar runs as: the conventional unprivileged "nonroot" id.
 pub const SIDECAR_USER: i64 = 65532;
 
+/// Name of the injected volume holding the coordinator's CA (with a CA ConfigMap only).
+pub const CA_VOLUME_NAME: &str = "sluice-coordinator-ca";
+/// Where the CA volume is mounted, in the sidecar only.
+pub const CA_DIR: &str = "/etc/sluice/coordinator-ca";
+/// The key of the CA ConfigMap that is mounted (trust-manager's and `kubectl create configmap
+/// --from-file=ca.crt`'s default).
+pub const CA_KEY: &str = "ca.crt";
+/// The CA file the sidecar trusts (`SLUICE_COORDINATOR_CA`).
+pub const CA_PATH: &str = "/etc/sluice/coordinator-ca/ca.crt";
+
 /// Environment variables the webhook gives the Flink containers.
 pub const JOB_ENV: [&str; 3] = ["SLUICE_SOCKET", "SLUICE_PIPELINE", "SLUICE_DEPLOYMENT"];
 
@@ -92,6 +107,9 @@ pub struct InjectionConfig {
     pub sink: String,
     /// gRPC URL of the coordinator, as the sidecar reaches it (`SLUICE_COORDINATOR`).
     pub coordinator: String,
+    /// ConfigMap (in the pod's namespace) whose `ca.crt` the sidecar trusts for TLS to the
+    /// coordinator; `None`: no CA is mounted (plaintext, or the sidecar's system roots).
+    pub coordinator_ca_configmap: Option<String>,
 }
 
 /// A pod that gets the sidecar.
@@ -248,10 +266,19 @@ pub fn mutate(
     }
 
     let volumes = spec.volumes.as_deref().unwrap_or_default();
-    if volumes.iter().any(|v| v.name == VOLUME_NAME) {
-        return Err(Skip::Conflict(format!(
-            "the pod already has a volume named {VOLUME_NAME}"
-        )));
+    let ours = [
+        Some(VOLUME_NAME),
+        config
+            .coordinator_ca_configmap
+            .as_ref()
+            .map(|_| CA_VOLUME_NAME),
+    ];
+    for name in ours.into_iter().flatten() {
+        if volumes.iter().any(|v| v.name == name) {
+            return Err(Skip::Conflict(format!(
+                "the pod already has a volume named {name}"
+            )));
+        }
     }
     for &i in &targets {
         let c = &spec.containers[i];
@@ -282,6 +309,10 @@ pub fn mutate(
         spec.volumes.is_some(),
         &socket_volume(),
     );
+    if let Some(configmap) = &config.coordinator_ca_configmap {
+        // The list exists now: the socket volume was just added.
+        append_to_list(&mut ops, &["spec", "volumes"], true, &ca_volume(configmap));
+    }
     let identity = [
         ("SLUICE_SOCKET", SOCKET_PATH),
         ("SLUICE_PIPELINE", pipeline.as_str()),
@@ -394,6 +425,37 @@ fn socket_volume() -> Volume {
     }
 }
 
+fn ca_volume(configmap: &str) -> Volume {
+    Volume {
+        name: CA_VOLUME_NAME.into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: configmap.into(),
+            // Only the CA, under a fixed name; a missing key fails the mount like a missing
+            // ConfigMap does.
+            items: Some(vec![KeyToPath {
+                key: CA_KEY.into(),
+                path: CA_KEY.into(),
+                ..Default::default()
+            }]),
+            optional: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn ca_mount() -> VolumeMount {
+    // No subPath: the kubelet then updates the file when the ConfigMap changes, and the
+    // sidecar reads it again at every connection, so a rotated CA is picked up without a
+    // restart.
+    VolumeMount {
+        name: CA_VOLUME_NAME.into(),
+        mount_path: CA_DIR.into(),
+        read_only: Some(true),
+        ..Default::default()
+    }
+}
+
 fn socket_mount() -> VolumeMount {
     VolumeMount {
         name: VOLUME_NAME.into(),
@@ -465,6 +527,11 @@ pub fn sidecar(
         "SLUICE_HEALTH_LISTEN",
         &format!("0.0.0.0:{HEALTH_PORT}"),
     ));
+    let mut mounts = vec![socket_mount()];
+    if config.coordinator_ca_configmap.is_some() {
+        env.push(env_var("SLUICE_COORDINATOR_CA", CA_PATH));
+        mounts.push(ca_mount());
+    }
     Container {
         name: SIDECAR_NAME.into(),
         image: Some(config.image.clone()),
@@ -511,7 +578,7 @@ pub fn sidecar(
             }),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![socket_mount()]),
+        volume_mounts: Some(mounts),
         ..Default::default()
     }
 }
@@ -532,6 +599,16 @@ mod tests {
             memory_limit: "256Mi".into(),
             sink: "stdout".into(),
             coordinator: "http://sluice-coordinator.sluice.svc:7070".into(),
+            coordinator_ca_configmap: None,
+        }
+    }
+
+    /// As the manifests configure it: gRPC over TLS, the CA from a ConfigMap.
+    fn tls_config() -> InjectionConfig {
+        InjectionConfig {
+            coordinator: "https://sluice-coordinator.sluice.svc:7070".into(),
+            coordinator_ca_configmap: Some("sluice-ca".into()),
+            ..config()
         }
     }
 
@@ -665,6 +742,74 @@ mod tests {
         assert_eq!(env["SLUICE_SOCKET"], SOCKET_PATH);
         assert_eq!(env["SLUICE_PIPELINE"], "shop/orders-v1");
         assert_eq!(env["SLUICE_DEPLOYMENT"], "orders-v1");
+    }
+
+    #[test]
+    fn without_a_ca_configmap_no_ca_is_mounted() {
+        let pod = tm(&[]);
+        let out = apply(&pod, &mutate(&pod, Some("shop"), &config()).unwrap());
+        let spec = out.spec.unwrap();
+        assert_eq!(spec.volumes.unwrap().len(), 1);
+        let side = &spec.init_containers.unwrap()[0];
+        assert!(!env_of(side).contains_key("SLUICE_COORDINATOR_CA"));
+        assert_eq!(side.volume_mounts.as_ref().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_ca_configmap_is_mounted_read_only_into_the_sidecar_only() {
+        let pod = tm(&[]);
+        let inj = mutate(&pod, Some("shop"), &tls_config()).unwrap();
+        let out = apply(&pod, &inj);
+        let spec = out.spec.as_ref().unwrap();
+        let volumes = spec.volumes.as_ref().unwrap();
+        assert_eq!(volumes.len(), 2);
+        assert_eq!(volumes[1].name, CA_VOLUME_NAME);
+        let cm = volumes[1].config_map.as_ref().unwrap();
+        assert_eq!(cm.name, "sluice-ca");
+        assert_eq!(cm.optional, Some(false));
+        let items = cm.items.as_ref().unwrap();
+        assert_eq!(
+            (items[0].key.as_str(), items[0].path.as_str()),
+            (CA_KEY, CA_KEY)
+        );
+        let side = &spec.init_containers.as_ref().unwrap()[0];
+        let env = env_of(side);
+        assert_eq!(env["SLUICE_COORDINATOR_CA"], CA_PATH);
+        assert_eq!(
+            env["SLUICE_COORDINATOR"],
+            "https://sluice-coordinator.sluice.svc:7070"
+        );
+        let mount = side
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == CA_VOLUME_NAME)
+            .unwrap();
+        assert_eq!(mount.mount_path, CA_DIR);
+        assert_eq!(mount.read_only, Some(true));
+        assert!(mount.sub_path.is_none(), "a subPath mount is never updated");
+        assert!(CA_PATH.starts_with(CA_DIR) && CA_PATH.ends_with(CA_KEY));
+        // The Flink container gets the socket, not the CA.
+        let main = &spec.containers[0];
+        assert_eq!(main.volume_mounts.as_ref().unwrap().len(), 1);
+        assert!(!env_of(main).contains_key("SLUICE_COORDINATOR_CA"));
+        // Idempotent with the CA too.
+        assert_eq!(
+            mutate(&out, Some("shop"), &tls_config()),
+            Err(Skip::AlreadyInjected)
+        );
+        // A pod with a volume of that name is not overwritten.
+        let mut pod = tm(&[]);
+        pod.spec.as_mut().unwrap().volumes = Some(vec![Volume {
+            name: CA_VOLUME_NAME.into(),
+            ..Default::default()
+        }]);
+        assert!(matches!(
+            mutate(&pod, Some("ns"), &tls_config()),
+            Err(Skip::Conflict(m)) if m.contains(CA_VOLUME_NAME)
+        ));
+        // ... but without a CA ConfigMap that name is not ours.
+        assert!(mutate(&pod, Some("ns"), &config()).is_ok());
     }
 
     #[test]

@@ -301,6 +301,7 @@ mod tests {
             memory_limit: "256Mi".into(),
             sink: "stdout".into(),
             coordinator: "http://c:7070".into(),
+            coordinator_ca_configmap: None,
         }
     }
 

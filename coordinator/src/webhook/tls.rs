@@ -1,5 +1,5 @@
-//! The webhook's serving certificate: loaded from PEM files (a mounted Secret's `tls.crt` and
-//! `tls.key`) and reloaded when they change.
+//! The serving certificates of the webhook and of the gRPC listener: loaded from PEM files (a
+//! mounted Secret's `tls.crt` and `tls.key`) and reloaded when they change.
 //!
 //! Kubernetes updates a Secret volume by writing the new files into a fresh directory and
 //! renaming a symlink over the old one, so no inotify event on the files themselves can be
@@ -111,6 +111,29 @@ fn fingerprint(cert: &[u8], key: &[u8]) -> u64 {
     h.finish()
 }
 
+/// Which listener a certificate serves (for logs and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertUse {
+    /// The admission webhook (HTTPS, HTTP/1.1).
+    Webhook,
+    /// The gRPC listener (TLS, HTTP/2).
+    Grpc,
+}
+
+impl CertUse {
+    fn name(self) -> &'static str {
+        match self {
+            CertUse::Webhook => "webhook",
+            CertUse::Grpc => "gRPC",
+        }
+    }
+}
+
+/// ALPN protocol id of HTTP/2, which gRPC runs on (gRPC clients insist on negotiating it).
+pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN protocol id of HTTP/1.1, which the webhook serves.
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
 /// Serves the current certificate to every handshake; swapped by [`ReloadingCert::reload`].
 #[derive(Debug)]
 pub struct ReloadingCert {
@@ -181,13 +204,16 @@ impl ReloadingCert {
         Ok(Reload::Loaded)
     }
 
-    /// Polls the files every `interval` until `stop`, reloading on change.
+    /// Polls the files every `interval` until `stop`, reloading on change; `cert` says which
+    /// listener this certificate serves, for the logs and the metrics.
     pub async fn watch(
         self: Arc<Self>,
+        cert: CertUse,
         interval: Duration,
         metrics: Metrics,
         stop: CancellationToken,
     ) {
+        let what = cert.name();
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
@@ -202,32 +228,45 @@ impl ReloadingCert {
             match result {
                 Ok(Ok(Reload::Unchanged)) => {}
                 Ok(Ok(Reload::Loaded)) => {
-                    metrics.cert_reload(true);
+                    metrics.cert_reload(cert, true);
                     tracing::info!(
                         cert = %self.cert_path.display(), key = %self.key_path.display(),
-                        "webhook certificate reloaded"
+                        "{what} certificate reloaded"
                     );
                 }
                 Ok(Err(e)) => {
-                    metrics.cert_reload(false);
+                    metrics.cert_reload(cert, false);
                     tracing::error!(
                         error = %error_chain(&e),
-                        "cannot reload the webhook certificate; keeping the current one"
+                        "cannot reload the {what} certificate; keeping the current one"
                     );
                 }
-                Err(e) => tracing::error!(error = %e, "webhook certificate reload task failed"),
+                Err(e) => tracing::error!(error = %e, "{what} certificate reload task failed"),
             }
         }
     }
 
-    /// A rustls server configuration that serves this certificate (HTTP/1.1 by ALPN).
+    /// A rustls server configuration that serves this certificate to HTTP/1.1 (by ALPN), for
+    /// the webhook.
     pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
+        self.server_config_for(ALPN_HTTP1)
+    }
+
+    /// A rustls server configuration that serves this certificate to HTTP/2 (ALPN `h2`), for
+    /// gRPC.
+    pub fn grpc_server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
+        self.server_config_for(ALPN_H2)
+    }
+
+    fn server_config_for(self: &Arc<Self>, alpn: &[u8]) -> Result<Arc<ServerConfig>, TlsError> {
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(TlsError::Config)?
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // One protocol only: a client offering ALPN without it is refused in the handshake
+        // (rustls' `no_application_protocol`) instead of failing later at the HTTP layer.
+        config.alpn_protocols = vec![alpn.to_vec()];
         // No session resumption: a resumed session skips the certificate, so a client could
         // go on seeing a replaced one. A full handshake per connection costs little here
         // (the API server keeps its connections alive).

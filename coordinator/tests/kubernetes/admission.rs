@@ -18,11 +18,27 @@ struct Setup {
     client: Client,
 }
 
+/// The sidecars' view of the coordinator, as in manifests/base: gRPC over TLS, the CA from a
+/// ConfigMap in the pod's namespace.
+const SIDECAR_COORDINATOR: &str = "https://sluice-coordinator.sluice.svc:7070";
+const CA_CONFIGMAP: &str = "sluice-ca";
+
 async fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new("sluice test CA");
     let (cert, key) = pki.write(dir.path());
-    let server = TestServer::start(dir.path(), &cert, &key, &[]).await;
+    let server = TestServer::start(
+        dir.path(),
+        &cert,
+        &key,
+        &[
+            "--sidecar-coordinator",
+            SIDECAR_COORDINATOR,
+            "--sidecar-ca-configmap",
+            CA_CONFIGMAP,
+        ],
+    )
+    .await;
     let client = Client::new(server.webhook, &[&pki.ca_der]);
     Setup {
         _dir: dir,
@@ -105,7 +121,7 @@ fn expected_sidecar(pipeline: &str, deployment: &str) -> Value {
         "image": IMAGE,
         "restartPolicy": "Always",
         "env": [
-            {"name": "SLUICE_COORDINATOR", "value": "http://sluice-coordinator.sluice.svc:7070"},
+            {"name": "SLUICE_COORDINATOR", "value": SIDECAR_COORDINATOR},
             {"name": "SLUICE_PIPELINE", "value": pipeline},
             {"name": "SLUICE_DEPLOYMENT", "value": deployment},
             {"name": "SLUICE_SOCKET", "value": "/var/run/sluice/gate.sock"},
@@ -114,6 +130,7 @@ fn expected_sidecar(pipeline: &str, deployment: &str) -> Value {
             {"name": "SLUICE_GATE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "SLUICE_SINK", "value": "stdout"},
             {"name": "SLUICE_HEALTH_LISTEN", "value": "0.0.0.0:9901"},
+            {"name": "SLUICE_COORDINATOR_CA", "value": "/etc/sluice/coordinator-ca/ca.crt"},
         ],
         "ports": [{"name": "sluice-health", "containerPort": 9901, "protocol": "TCP"}],
         "resources": {
@@ -130,7 +147,14 @@ fn expected_sidecar(pipeline: &str, deployment: &str) -> Value {
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "volumeMounts": [{"name": "sluice-socket", "mountPath": "/var/run/sluice"}],
+        "volumeMounts": [
+            {"name": "sluice-socket", "mountPath": "/var/run/sluice"},
+            {
+                "name": "sluice-coordinator-ca",
+                "mountPath": "/etc/sluice/coordinator-ca",
+                "readOnly": true,
+            },
+        ],
     })
 }
 
@@ -143,7 +167,19 @@ fn expected_injection(object: &Value, pipeline: &str, deployment: &str) -> Value
         .or_insert(json!([]))
         .as_array_mut()
         .unwrap()
-        .push(json!({"name": "sluice-socket", "emptyDir": {}}));
+        .extend([
+            json!({"name": "sluice-socket", "emptyDir": {}}),
+            // The CA is not optional: without it the pod does not start (rather than run a
+            // sidecar that cannot verify the coordinator).
+            json!({
+                "name": "sluice-coordinator-ca",
+                "configMap": {
+                    "name": CA_CONFIGMAP,
+                    "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                    "optional": false,
+                },
+            }),
+        ]);
     spec.entry("initContainers")
         .or_insert(json!([]))
         .as_array_mut()

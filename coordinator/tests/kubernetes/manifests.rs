@@ -21,7 +21,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sluice_coordinator::Config;
-use sluice_coordinator::webhook::MUTATE_PATH;
+use sluice_coordinator::webhook::mutate::CA_KEY;
+use sluice_coordinator::webhook::{HEALTHZ_PATH, MUTATE_PATH};
 
 fn manifests_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests")
@@ -434,9 +435,18 @@ fn every_manifest_parses_and_the_pieces_fit_together() {
                 .any(|v| v.name == m.name && v.secret.is_some())
         })
         .unwrap();
-    for file in [&config.webhook_cert, &config.webhook_key] {
-        assert!(file.as_ref().unwrap().starts_with(&tls_mount.mount_path));
+    // gRPC serves TLS with the same Secret (its names are checked against the Service below).
+    let (grpc_cert, grpc_key) = config.grpc_tls().expect("gRPC serves TLS");
+    for file in [
+        config.webhook_cert.as_ref(),
+        config.webhook_key.as_ref(),
+        Some(grpc_cert),
+        Some(grpc_key),
+    ] {
+        assert!(file.unwrap().starts_with(&tls_mount.mount_path));
     }
+    assert_eq!(Some(grpc_cert), config.webhook_cert.as_ref());
+    assert_eq!(Some(grpc_key), config.webhook_key.as_ref());
     let state_mount = c
         .volume_mounts
         .iter()
@@ -444,12 +454,19 @@ fn every_manifest_parses_and_the_pieces_fit_together() {
         .find(|m| m.name == "state")
         .unwrap();
     assert!(config.state_file.starts_with(&state_mount.mount_path));
-    // Probes use the gRPC health service on the gRPC port.
+    // Probes: GET /healthz over HTTPS on the webhook port. A `grpc:` probe would fail: the
+    // kubelet's gRPC probe has no TLS and the gRPC port serves only TLS.
     for probe in [&c.readiness_probe, &c.liveness_probe, &c.startup_probe] {
-        assert_eq!(
-            probe.as_ref().unwrap().grpc.as_ref().unwrap().port,
-            container_port(c, "grpc")
-        );
+        let probe = probe.as_ref().unwrap();
+        assert!(probe.grpc.is_none() && probe.tcp_socket.is_none());
+        let get = probe.http_get.as_ref().unwrap();
+        assert_eq!(get.path.as_deref(), Some(HEALTHZ_PATH));
+        assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
+        let port = match &get.port {
+            IntOrString::String(name) => container_port(c, name),
+            IntOrString::Int(n) => *n,
+        };
+        assert_eq!(port, listen(config.webhook_listen));
     }
 
     // The Service selects the coordinator and maps every named port.
@@ -470,11 +487,15 @@ fn every_manifest_parses_and_the_pieces_fit_together() {
         p.port
     };
     let svc_host = format!("{}.{}.svc", name_of(&svc.metadata), ns_name);
-    // Sidecars dial the Service's gRPC port.
+    // Sidecars dial the Service's gRPC port over TLS, trusting the CA of a ConfigMap.
     assert_eq!(
         injection.coordinator,
-        format!("http://{svc_host}:{}", svc_port("grpc"))
+        format!("https://{svc_host}:{}", svc_port("grpc"))
     );
+    let ca_configmap = injection
+        .coordinator_ca_configmap
+        .clone()
+        .expect("sidecars get the CA from a ConfigMap");
     svc_port("metrics");
 
     // The webhook configuration points at the Service's webhook port and the server's path.
@@ -573,12 +594,23 @@ fn every_manifest_parses_and_the_pieces_fit_together() {
         ("SERVICE", name_of(&svc.metadata)),
         ("SECRET", secret_name.as_str()),
         ("WEBHOOK_CONFIG", name_of(&mwc.metadata)),
+        ("CA_CONFIGMAP", ca_configmap.as_str()),
     ] {
         assert!(
             script.contains(&format!("\n{var}={value}\n")),
             "script {var} != {value}"
         );
     }
+    // The script's certificate names the host the sidecars dial (and the API server calls).
+    assert!(script.contains("\nHOST=\"$SERVICE.$NAMESPACE.svc\"\n"));
+    assert!(script.contains("subjectAltName=DNS:$HOST,"));
+    // It publishes the CA under the key the webhook mounts.
+    assert!(script.contains(&format!("--from-file={CA_KEY}=")));
+    // ... in the namespaces the webhook injects into.
+    assert!(script.contains(&format!(
+        "-l sluice.dev/injection={}",
+        ns_label["sluice.dev/injection"]
+    )));
 
     // Examples: one pipeline, two deployments, opted in where the webhook looks.
     let shop = only(&found.namespaces, "example namespace", |n| {

@@ -11,13 +11,13 @@ use crate::common::{Client, TestPki, TestServer, WAIT, metric};
 
 /// A Secret volume as the kubelet lays it out: `tls.crt -> ..data/tls.crt`,
 /// `..data -> ..<version>`.
-struct SecretVolume<'a> {
+pub(crate) struct SecretVolume<'a> {
     dir: &'a Path,
     version: u32,
 }
 
 impl<'a> SecretVolume<'a> {
-    fn new(dir: &'a Path, pki: &TestPki) -> Self {
+    pub(crate) fn new(dir: &'a Path, pki: &TestPki) -> Self {
         let mut v = Self { dir, version: 0 };
         v.update(pki.cert_pem.as_bytes(), pki.key_pem.as_bytes());
         for f in ["tls.crt", "tls.key"] {
@@ -27,7 +27,7 @@ impl<'a> SecretVolume<'a> {
     }
 
     /// Writes a new version and swaps `..data` to it atomically.
-    fn update(&mut self, cert: &[u8], key: &[u8]) {
+    pub(crate) fn update(&mut self, cert: &[u8], key: &[u8]) {
         self.version += 1;
         let name = format!("..2026_11_20_10_00_00.{:04}", self.version);
         let version_dir = self.dir.join(&name);
@@ -122,7 +122,7 @@ async fn a_renewed_certificate_is_served_and_a_broken_one_is_ignored() {
 }
 
 #[tokio::test]
-async fn the_certificate_script_makes_what_the_webhook_serves() {
+async fn the_certificate_script_makes_what_the_webhook_and_grpc_serve() {
     let out = tempfile::tempdir().unwrap();
     let status = std::process::Command::new("bash")
         .arg(concat!(
@@ -144,13 +144,29 @@ async fn the_certificate_script_makes_what_the_webhook_serves() {
         .unwrap()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (out.path().join("tls.crt"), out.path().join("tls.key"));
+    // Both listeners serve it, as in manifests/base.
     let server = TestServer::start(
         dir.path(),
-        &out.path().join("tls.crt"),
-        &out.path().join("tls.key"),
-        &[],
+        &cert,
+        &key,
+        &[
+            "--grpc-tls-cert",
+            cert.to_str().unwrap(),
+            "--grpc-tls-key",
+            key.to_str().unwrap(),
+        ],
     )
     .await;
+    // What a sidecar does with SLUICE_COORDINATOR_CA = this ca.crt: gRPC over TLS, checking
+    // the Service name.
+    let channel = crate::grpc_tls::tls_channel(server.grpc, &[&ca])
+        .await
+        .unwrap();
+    assert_eq!(
+        crate::grpc_tls::health(channel).await.unwrap(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
     // The client checks the name the API server uses (sluice-coordinator.sluice.svc).
     let client = Client::new(server.webhook, &[&ca]);
     let x = client

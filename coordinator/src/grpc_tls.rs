@@ -1,0 +1,163 @@
+//! gRPC over TLS: the accept loop that turns the gRPC listener's TCP connections into TLS
+//! streams for tonic.
+//!
+//! tonic serves any stream of connections (`serve_with_incoming_shutdown`), so TLS here is the
+//! webhook's rustls setup (`webhook::tls`): the same [`ReloadingCert`](crate::webhook::tls::ReloadingCert)
+//! resolver, so a renewed certificate is served to new connections without a restart, and the
+//! ring provider. tonic's own `tls-ring` server feature would load the certificate once.
+//!
+//! Handshakes run in their own tasks, bounded in number and time, so a slow or silent client
+//! delays nobody else; a failed handshake (a plaintext client, an untrusted certificate on the
+//! client's side, no `h2` in the client's ALPN) closes that connection only.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// Time for a client to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes in progress at once; more connections are closed at accept. Sidecars
+/// reconnect with backoff, so a burst (a coordinator restart with many gates) is absorbed.
+const MAX_HANDSHAKES: usize = 128;
+/// Established connections waiting for tonic to take them.
+const READY_QUEUE: usize = 16;
+/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// A TLS connection from the gRPC listener, as tonic serves it. A newtype so that it reports
+/// the TCP peer as its connect info (tonic's own `TlsStream` impl needs its TLS features, and
+/// `Request::remote_addr` then looks elsewhere).
+#[derive(Debug)]
+pub(crate) struct TlsIo(TlsStream<TcpStream>);
+
+impl Connected for TlsIo {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.0.get_ref().0.connect_info()
+    }
+}
+
+impl AsyncRead for TlsIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+/// Accepts on `listener` until `stop`, and yields every connection whose TLS handshake
+/// succeeded. The stream ends once `stop` fires.
+pub(crate) fn incoming(
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    stop: CancellationToken,
+) -> ReceiverStream<Result<TlsIo, io::Error>> {
+    let (tx, rx) = mpsc::channel(READY_QUEUE);
+    tokio::spawn(accept_loop(listener, tls, tx, stop));
+    ReceiverStream::new(rx)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    ready: mpsc::Sender<Result<TlsIo, io::Error>>,
+    stop: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let mut handshakes = JoinSet::new();
+    loop {
+        // Reap finished handshakes so the set stays as small as the live ones.
+        while handshakes.try_join_next().is_some() {}
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "gRPC: accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "gRPC: {MAX_HANDSHAKES} TLS handshakes in progress; closing a new connection");
+            continue;
+        };
+        // As tonic's own listener does: the control stream carries small, latency-bound
+        // messages (votes).
+        let _ = tcp.set_nodelay(true);
+        let (tls, ready) = (tls.clone(), ready.clone());
+        handshakes.spawn(async move {
+            let _permit = permit;
+            if let Some(io) = handshake(&tls, tcp, peer).await {
+                // Fails only when the server stopped: the connection is dropped then.
+                let _ = ready.send(Ok(io)).await;
+            }
+        });
+    }
+    // Handshakes still running would only hand connections to a server that is stopping.
+    handshakes.abort_all();
+}
+
+async fn handshake(tls: &TlsAcceptor, tcp: TcpStream, peer: SocketAddr) -> Option<TlsIo> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+        Ok(Ok(stream)) => Some(TlsIo(stream)),
+        Ok(Err(e)) => {
+            // Typically a plaintext client (`http://` instead of `https://`) or a client that
+            // does not trust the certificate: worth seeing in the log, and it is one line.
+            tracing::warn!(%peer, error = %e, "gRPC: TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "gRPC: TLS handshake timed out");
+            None
+        }
+    }
+}

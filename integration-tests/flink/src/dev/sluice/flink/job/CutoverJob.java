@@ -1,0 +1,118 @@
+package dev.sluice.flink.job;
+
+import java.nio.charset.StandardCharsets;
+import java.time.Duration;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+
+import dev.sluice.flink.Frames;
+import dev.sluice.flink.SluiceSink;
+import org.apache.flink.api.common.eventtime.WatermarkStrategy;
+import org.apache.flink.configuration.Configuration;
+import org.apache.flink.core.execution.CheckpointingMode;
+import org.apache.flink.core.execution.JobClient;
+import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
+
+/**
+ * The test job: {@link PacedSource} (4 partitions, out-of-order event times, partition 0 idle for a
+ * while) → keyBy(key) → {@link RunningCount} (ValueState) → {@link SluiceSink}.
+ *
+ * <pre>
+ * java -cp CLASSES:FLINK_LIB/* dev.sluice.flink.job.CutoverJob --pipeline P --deployment D
+ *     --socket S --parallelism N --records N --rate R --live-start-ms MS --idle-from I --idle-to J
+ *     [--rest-port PORT]       run in a local mini-cluster, REST API on 127.0.0.1:PORT, until done
+ *     [--submit HOST:PORT]     submit to a running (standalone) cluster and exit
+ *     [--checkpoint-dir URI]   checkpoint storage (default: the JobManager's memory)
+ * </pre>
+ */
+public final class CutoverJob {
+    public static void main(String[] args) throws Exception {
+        Map<String, String> a = new HashMap<>();
+        for (int k = 0; k + 1 < args.length; k += 2) {
+            if (!args[k].startsWith("--")) throw new IllegalArgumentException("bad argument " + args[k]);
+            a.put(args[k].substring(2), args[k + 1]);
+        }
+        Sequence seq = new Sequence();
+        seq.records = Long.parseLong(req(a, "records"));
+        seq.rate = Long.parseLong(req(a, "rate"));
+        seq.idleFrom = Long.parseLong(a.getOrDefault("idle-from", "0"));
+        seq.idleTo = Long.parseLong(a.getOrDefault("idle-to", "0"));
+        long liveStart = Long.parseLong(req(a, "live-start-ms"));
+        int parallelism = Integer.parseInt(req(a, "parallelism"));
+
+        Configuration conf = new Configuration();
+        conf.setString("execution.checkpointing.interval", a.getOrDefault("checkpoint-interval", "1 s"));
+        conf.setString("execution.checkpointing.mode", "EXACTLY_ONCE");
+        conf.setString("restart-strategy.type", "fixed-delay");
+        conf.setString("restart-strategy.fixed-delay.attempts", "20");
+        conf.setString("restart-strategy.fixed-delay.delay", "1 s");
+        conf.setString("pipeline.auto-watermark-interval", "100 ms");
+        conf.setString("execution.buffer-timeout.interval", "20 ms");
+        if (a.containsKey("checkpoint-dir")) {
+            conf.setString("execution.checkpointing.dir", a.get("checkpoint-dir"));
+        }
+        StreamExecutionEnvironment env;
+        String submit = a.get("submit");
+        if (submit != null) {
+            String[] hp = submit.split(":");
+            env = StreamExecutionEnvironment.createRemoteEnvironment(hp[0], Integer.parseInt(hp[1]), conf);
+        } else {
+            // Every listener of the mini-cluster on loopback.
+            for (String k : List.of("rest.bind-address", "rest.address", "jobmanager.bind-host",
+                    "jobmanager.rpc.address", "taskmanager.bind-host", "taskmanager.host")) {
+                conf.setString(k, "127.0.0.1");
+            }
+            conf.setString("rest.port", a.getOrDefault("rest-port", "0"));
+            conf.setString("taskmanager.numberOfTaskSlots", Integer.toString(parallelism));
+            env = StreamExecutionEnvironment.createLocalEnvironment(parallelism, conf);
+        }
+        env.setParallelism(parallelism);
+        env.enableCheckpointing(1000, CheckpointingMode.EXACTLY_ONCE);
+
+        SluiceSink.Options sink = new SluiceSink.Options();
+        sink.socket = req(a, "socket");
+        sink.pipeline = req(a, "pipeline");
+        sink.deployment = req(a, "deployment");
+
+        WatermarkStrategy<Event> watermarks = WatermarkStrategy
+                .<Event>forBoundedOutOfOrderness(Duration.ofMillis(5 * seq.jitterMs))
+                .withTimestampAssigner((e, ts) -> e.eventTime)
+                .withIdleness(Duration.ofSeconds(2));
+        env.fromSource(new PacedSource(seq, liveStart), watermarks, "paced-source")
+                .uid("source")
+                .keyBy(e -> e.key)
+                .process(new RunningCount())
+                .uid("running-count")
+                .sinkTo(new SluiceSink<Event>(sink, CutoverJob::toRecord))
+                .uid("sluice-sink")
+                .name("sluice-sink");
+
+        String name = "sluice-cutover-" + sink.deployment;
+        if (submit != null) {
+            JobClient job = env.executeAsync(name);
+            System.out.println("JOB_ID " + job.getJobID());
+            System.exit(0);
+        }
+        env.execute(name);
+    }
+
+    static Frames.Record toRecord(Event e, long eventTimeMs) {
+        return new Frames.Record(
+                e.key.getBytes(StandardCharsets.UTF_8),
+                e.value().getBytes(StandardCharsets.UTF_8),
+                List.of(
+                        new Frames.Header("attempt", Integer.toString(e.attempt).getBytes(StandardCharsets.UTF_8)),
+                        new Frames.Header("after_checkpoint",
+                                Long.toString(e.afterCheckpoint).getBytes(StandardCharsets.UTF_8))),
+                eventTimeMs,
+                "",
+                null);
+    }
+
+    private static String req(Map<String, String> a, String k) {
+        String v = a.get(k);
+        if (v == null) throw new IllegalArgumentException("--" + k + " is required");
+        return v;
+    }
+}
