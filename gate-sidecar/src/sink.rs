@@ -15,6 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use sluice_core::EventTime;
 use thiserror::Error;
 use tokio::sync::oneshot;
@@ -29,10 +30,10 @@ pub struct SinkRecord {
     pub topic: Arc<str>,
     /// Destination partition; `None` lets the sink's partitioner choose.
     pub partition: Option<i32>,
-    /// Record key; empty means no key.
-    pub key: Vec<u8>,
+    /// Record key; empty means no key. (A slice of the frame it came in: no copy.)
+    pub key: Bytes,
     /// Record value.
-    pub value: Vec<u8>,
+    pub value: Bytes,
     /// Headers, passed through unchanged.
     pub headers: Vec<SinkHeader>,
     /// Event time in ms since the Unix epoch.
@@ -45,7 +46,7 @@ pub struct SinkHeader {
     /// Header name.
     pub key: String,
     /// Header value.
-    pub value: Vec<u8>,
+    pub value: Bytes,
 }
 
 /// Records admitted together from one channel, in the channel's order.

@@ -48,7 +48,7 @@ async fn a_full_hold_queue_blocks_the_client_without_losing_records() {
     let writer = tokio::spawn(async move {
         for ts in 0..FRAMES as i64 {
             let mut r = record(ts);
-            r.value = vec![b'x'; 1024];
+            r.value = vec![b'x'; 1024].into();
             tx.send(frame(client_frame::Kind::Records(v1::Records {
                 records: vec![r],
             })))

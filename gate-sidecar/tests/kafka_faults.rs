@@ -32,19 +32,19 @@ fn rec(i: u64) -> v1::Record {
     let explicit = i.is_multiple_of(10);
     v1::Record {
         key: if explicit {
-            Vec::new()
+            Vec::new().into()
         } else {
-            format!("k{i}").into_bytes()
+            format!("k{i}").into_bytes().into()
         },
-        value: format!("v{i:0>96}").into_bytes(),
+        value: format!("v{i:0>96}").into_bytes().into(),
         headers: vec![
             v1::Header {
                 key: "seq".into(),
-                value: i.to_string().into_bytes(),
+                value: i.to_string().into_bytes().into(),
             },
             v1::Header {
                 key: "src".into(),
-                value: vec![0, 255, 1],
+                value: vec![0, 255, 1].into(),
             },
         ],
         event_time_ms: BASE + i as i64,

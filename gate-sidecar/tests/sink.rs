@@ -72,7 +72,7 @@ async fn batches_keep_channel_order_and_fill_the_default_topic() {
     let times: Vec<i64> = records.iter().map(|r| r.event_time_ms).collect();
     assert_eq!(times, vec![1, 2, 3]);
     assert_eq!(&*records[0].topic, "fallback");
-    assert_eq!(records[0].key, b"k1");
+    assert_eq!(&records[0].key[..], b"k1");
     assert_eq!(
         (&*records[2].topic, records[2].partition),
         ("explicit", Some(2))
@@ -144,22 +144,22 @@ async fn the_file_sink_writes_the_documented_json_lines() {
     let sidecar = Sidecar::start(&coord.url(), &[]).await;
     let mut c = sidecar.channel("3").await;
     let text = v1::Record {
-        key: b"user-1".to_vec(),
-        value: b"{\"amount\":5}".to_vec(),
+        key: b"user-1".to_vec().into(),
+        value: b"{\"amount\":5}".to_vec().into(),
         headers: vec![v1::Header {
             key: "trace".into(),
-            value: b"abc".to_vec(),
+            value: b"abc".to_vec().into(),
         }],
         event_time_ms: 1_700_000_000_000,
         topic: "payments".into(),
         partition: Some(4),
     };
     let binary = v1::Record {
-        key: vec![0xff, 0xfe],
-        value: vec![0x80],
+        key: vec![0xff, 0xfe].into(),
+        value: vec![0x80].into(),
         headers: vec![v1::Header {
             key: "bin".into(),
-            value: vec![0xc3],
+            value: vec![0xc3].into(),
         }],
         event_time_ms: 1_700_000_000_001,
         topic: String::new(),

@@ -248,20 +248,20 @@ fn value_of(i: usize) -> Vec<u8> {
 /// [`EXPLICIT_PARTITION_EVERY`]th record names its partition.
 fn record(i: usize, ts: i64, stream: &str, seq: usize, partitions: Option<i32>) -> Record {
     Record {
-        key: format!("r{i:07}").into_bytes(),
-        value: value_of(i),
+        key: format!("r{i:07}").into_bytes().into(),
+        value: value_of(i).into(),
         headers: vec![
             Header {
                 key: "source".into(),
-                value: b"replay".to_vec(),
+                value: b"replay".to_vec().into(),
             },
             Header {
                 key: "stream".into(),
-                value: stream.as_bytes().to_vec(),
+                value: stream.as_bytes().to_vec().into(),
             },
             Header {
                 key: "seq".into(),
-                value: seq.to_string().into_bytes(),
+                value: seq.to_string().into_bytes().into(),
             },
         ],
         event_time_ms: ts,

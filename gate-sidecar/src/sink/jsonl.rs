@@ -279,16 +279,16 @@ mod tests {
         SinkRecord {
             topic: "out".into(),
             partition: None,
-            key: key.to_vec(),
-            value: value.to_vec(),
+            key: key.to_vec().into(),
+            value: value.to_vec().into(),
             headers: vec![
                 SinkHeader {
                     key: "trace".into(),
-                    value: b"abc".to_vec(),
+                    value: b"abc".to_vec().into(),
                 },
                 SinkHeader {
                     key: "bin".into(),
-                    value: vec![0xff, 0x00],
+                    value: vec![0xff, 0x00].into(),
                 },
             ],
             event_time_ms: 1_700_000_000_000,

@@ -427,10 +427,10 @@ impl KafkaSink {
     async fn enqueue(&self, r: &SinkRecord, tracker: &Arc<Tracker>) -> Result<(), SinkError> {
         let mut record: BaseRecord<'_, [u8], [u8], Arc<Tracker>> =
             BaseRecord::with_opaque_to(&r.topic, tracker.clone())
-                .payload(r.value.as_slice())
+                .payload(r.value.as_ref())
                 .timestamp(r.event_time_ms);
         if !r.key.is_empty() {
-            record = record.key(r.key.as_slice());
+            record = record.key(r.key.as_ref());
         }
         if let Some(p) = r.partition {
             record = record.partition(p);
@@ -441,7 +441,7 @@ impl KafkaSink {
                 |h, header| {
                     h.insert(Header {
                         key: &header.key,
-                        value: Some(header.value.as_slice()),
+                        value: Some(header.value.as_ref()),
                     })
                 },
             );

@@ -435,8 +435,8 @@ pub struct Client {
 /// One record with event time `ts`, key `k{ts}`, value `v{ts}`, default topic.
 pub fn record(ts: i64) -> v1::Record {
     v1::Record {
-        key: format!("k{ts}").into_bytes(),
-        value: format!("v{ts}").into_bytes(),
+        key: format!("k{ts}").into_bytes().into(),
+        value: format!("v{ts}").into_bytes().into(),
         headers: vec![],
         event_time_ms: ts,
         topic: String::new(),

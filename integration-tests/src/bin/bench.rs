@@ -41,6 +41,9 @@ struct Args {
     /// Records per Kafka throughput run (each path sends this many).
     #[arg(long, default_value_t = 1_000_000)]
     records: usize,
+    /// Alternating plain/sidecar throughput rounds (the medians are compared).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Records for the gate-path-alone run (null sink).
     #[arg(long, default_value_t = 8_000_000)]
     gate_records: usize,
@@ -59,12 +62,17 @@ struct Args {
     /// Records per latency sample (one frame + one Flush; one group for the plain producer).
     #[arg(long, default_value_t = 100)]
     latency_group: usize,
+    /// Use this gate-sidecar binary instead of the workspace's (to compare two builds).
+    #[arg(long)]
+    sidecar_binary: Option<PathBuf>,
     /// Keep the work directory (logs) here instead of a temporary one.
     #[arg(long)]
     work_dir: Option<PathBuf>,
 }
 
 const PIPELINE: &str = "bench/pipe";
+/// `--sidecar-binary`, set once at start.
+static SIDECAR_BINARY: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
 /// Records sent and acknowledged before each throughput measurement starts.
 const WARM_UP: usize = 1_000;
 const BASE: i64 = 1_700_000_000_000;
@@ -88,6 +96,7 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<()> {
     procs::build_binaries(!cfg!(debug_assertions))?;
+    SIDECAR_BINARY.get_or_init(|| args.sidecar_binary.clone());
     let tmp = tempfile::tempdir()?;
     let dir = args
         .work_dir
@@ -113,8 +122,7 @@ fn run(args: &Args) -> Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
-    // 1. Throughput, side by side.
-    let plain = plain_throughput(&broker.bootstrap, "plain", args)?;
+    // 1. Throughput, side by side, alternating so drift on a shared machine hits both alike.
     let sc = Sidecar::start(
         &dir,
         coordinator,
@@ -128,25 +136,46 @@ fn run(args: &Args) -> Result<()> {
         None,
     )?;
     let idle_rss = sc.rss_kib()?;
-    let through = sidecar_throughput(&sc, args, args.records)?;
+    let n = args.records as f64;
+    let (mut plain_rates, mut through_rates) = (vec![], vec![]);
+    let (mut plain_cpu, mut sidecar_cpu) = (vec![], vec![]);
+    println!();
+    println!(
+        "throughput into Kafka ({} records per run, {} rounds, plain then sidecar)",
+        args.records, args.rounds
+    );
+    for round in 0..args.rounds {
+        let own_before = cpu_seconds("self")?;
+        let plain = plain_throughput(&broker.bootstrap, "plain", args)?;
+        plain_cpu.push((cpu_seconds("self")? - own_before) / n);
+        let cpu_before = sc.cpu_seconds()?;
+        let through = sidecar_throughput(&sc, &format!("round-{round}"), args, args.records)?;
+        let cpu = sc.cpu_seconds()? - cpu_before;
+        plain_rates.push(n / plain.as_secs_f64());
+        through_rates.push(n / through.as_secs_f64());
+        sidecar_cpu.push(cpu / n);
+        println!(
+            "  round {round}: plain {:>10.0} records/s   sidecar {:>10.0} records/s   ratio {:.3}",
+            plain_rates[round],
+            through_rates[round],
+            through_rates[round] / plain_rates[round]
+        );
+    }
     let peak_rss = sc.peak_rss_kib()?;
     drop(sc);
-    let n = args.records as f64;
-    let plain_rate = n / plain.as_secs_f64();
-    let through_rate = n / through.as_secs_f64();
-    println!();
-    println!("throughput into Kafka ({} records each)", args.records);
+    let plain_rate = median(&plain_rates);
+    let through_rate = median(&through_rates);
     println!(
-        "  plain rdkafka producer      {:>12.0} records/s",
-        plain_rate
+        "  median: plain rdkafka producer {plain_rate:>10.0} records/s, through the gate sidecar {through_rate:>10.0} records/s"
     );
     println!(
-        "  through the gate sidecar    {:>12.0} records/s",
-        through_rate
-    );
-    println!(
-        "  ratio sidecar / plain       {:>12.3}   (target >= 0.9)",
+        "  ratio sidecar / plain (medians)   {:.3}   (target >= 0.9)",
         through_rate / plain_rate
+    );
+    println!(
+        "  CPU per record (all threads, librdkafka's included; medians): plain producer {:.2} us, sidecar {:.2} us",
+        median(&plain_cpu) * 1e6,
+        median(&sidecar_cpu) * 1e6
     );
 
     // 2. The gate path alone, one core.
@@ -157,7 +186,7 @@ fn run(args: &Args) -> Result<()> {
         &["--sink", "null", "--worker-threads", "1"],
         Some(0),
     )?;
-    let gate_time = sidecar_throughput(&gate, args, args.gate_records)?;
+    let gate_time = sidecar_throughput(&gate, "0", args, args.gate_records)?;
     drop(gate);
     println!();
     println!(
@@ -185,7 +214,8 @@ fn run(args: &Args) -> Result<()> {
         None,
     )?;
     let max_records = args.records / 2;
-    let max0 = max_records as f64 / sidecar_throughput(&sc, args, max_records)?.as_secs_f64();
+    let max0 =
+        max_records as f64 / sidecar_throughput(&sc, "max", args, max_records)?.as_secs_f64();
     let rate = max0 / 2.0;
     let side_lat = sidecar_latency(&sc, args, rate)?;
     drop(sc);
@@ -230,6 +260,22 @@ fn run(args: &Args) -> Result<()> {
     );
     drop(broker);
     Ok(())
+}
+
+/// User + system CPU time of process `pid` (or `self`) so far; Linux clock ticks are 1/100 s.
+fn cpu_seconds(pid: &str) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')').context("bad /proc stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+    Ok(ticks as f64 / 100.0)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -301,7 +347,10 @@ impl Sidecar {
         .to_vec();
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = dir.join(format!("sidecar-{name}.log"));
-        let sidecar = binary("gate-sidecar")?;
+        let sidecar = match &SIDECAR_BINARY.get() {
+            Some(Some(path)) => path.clone(),
+            _ => binary("gate-sidecar")?,
+        };
         let proc = match pin_cpu {
             Some(cpu) => {
                 let mut pinned = vec!["-c".to_string(), cpu.to_string()];
@@ -329,6 +378,10 @@ impl Sidecar {
             .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .with_context(|| format!("no {field} in /proc/{}/status", self.pid))
+    }
+
+    fn cpu_seconds(&self) -> Result<f64> {
+        cpu_seconds(&self.pid.to_string())
     }
 
     fn rss_kib(&self) -> Result<u64> {
@@ -372,7 +425,7 @@ fn pid_of(socket: &Path) -> Result<u32> {
             continue;
         };
         let cmd = String::from_utf8_lossy(&cmd);
-        if cmd.contains("gate-sidecar") && cmd.contains(&needle) {
+        if cmd.contains("--deployment") && cmd.contains(&needle) && !cmd.starts_with("taskset") {
             return Ok(pid);
         }
     }
@@ -410,8 +463,8 @@ fn value(i: usize, len: usize) -> Vec<u8> {
 
 fn record(i: usize, value_bytes: usize) -> v1::Record {
     v1::Record {
-        key: key(i),
-        value: value(i, value_bytes),
+        key: key(i).into(),
+        value: value(i, value_bytes).into(),
         headers: vec![],
         event_time_ms: BASE + i as i64,
         topic: String::new(),
@@ -464,11 +517,11 @@ fn read_ack(s: &mut UnixStream, buf: &mut Vec<u8>, seq: u64) -> Result<u64> {
 /// Sends `total` records over one channel as fast as the sidecar takes them, then a Flush;
 /// returns the time from the first byte to the FlushAck. Frames are encoded up front (a cycle
 /// of 64) so the client costs little.
-fn sidecar_throughput(sc: &Sidecar, args: &Args, total: usize) -> Result<Duration> {
+fn sidecar_throughput(sc: &Sidecar, channel: &str, args: &Args, total: usize) -> Result<Duration> {
     let frames: Vec<Vec<u8>> = (0..64)
         .map(|f| records_frame(f * args.batch, args.batch, args.value_bytes))
         .collect();
-    let mut s = sc.connect("0")?;
+    let mut s = sc.connect(channel)?;
     // Warm up (connections, metadata, producer id) outside the measurement, as for the plain
     // producer.
     s.write_all(&records_frame(0, WARM_UP, args.value_bytes))?;
