@@ -1,6 +1,7 @@
 //! The sidecar's top level: listeners, the accept loop, the control task and shutdown.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::os::unix::fs::FileTypeExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -107,38 +108,26 @@ impl Listeners {
             path: config.socket.clone(),
             source,
         })?;
-        let tcp = match config.listen_tcp {
-            Some(addr) => {
-                Some(
-                    TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| SidecarError::Bind {
-                            address: addr.to_string(),
-                            source,
-                        })?,
-                )
-            }
-            None => None,
-        };
-        let health = match config.health_listen {
-            Some(addr) => {
-                Some(
-                    TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| SidecarError::Bind {
-                            address: addr.to_string(),
-                            source,
-                        })?,
-                )
-            }
-            None => None,
-        };
+        let tcp = bind_tcp(config.listen_tcp).await?;
+        let health = bind_tcp(config.health_listen).await?;
         Ok(Self {
             unix: Some(unix),
             tcp,
             health,
         })
     }
+}
+
+/// Binds `addr` when given.
+async fn bind_tcp(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, SidecarError> {
+    let Some(addr) = addr else { return Ok(None) };
+    TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|source| SidecarError::Bind {
+            address: addr.to_string(),
+            source,
+        })
 }
 
 /// Removes a socket file left by a previous run; refuses to touch anything else.

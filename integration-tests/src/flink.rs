@@ -14,18 +14,15 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use sluice_proto::v1::cutover_client::CutoverClient;
-use sluice_proto::v1::{
-    GetPipelineRequest, Phase, PipelineStatus, StartCutoverRequest, WatchPipelineRequest, When,
-    pipeline_event,
-};
+use sluice_proto::v1::{Phase, PipelineStatus, StartCutoverRequest, When, pipeline_event};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::transport::Channel as GrpcChannel;
 
-use crate::procs::{Proc, binary, free_port, wait_for_tcp, wait_for_unix};
+pub use crate::harness::PhaseSeen;
+use crate::harness::{self, Barrier, Coordinator, cutover_client, now_ms};
+use crate::procs::{Proc, free_port};
 
 /// Pipeline name of the Flink test.
 pub const PIPELINE: &str = "flink/orders";
@@ -66,12 +63,6 @@ logger.pekko.level = WARN
 logger.shaded.name = org.apache.flink.shaded
 logger.shaded.level = WARN
 ";
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// The sluice cache directory (`$SLUICE_CACHE`, default `~/.cache/sluice`).
 pub fn cache_dir() -> PathBuf {
@@ -420,73 +411,35 @@ impl FlinkConfig {
 }
 
 fn sidecar(cfg: &FlinkConfig, port: u16, deployment: &str) -> Result<(Proc, PathBuf, PathBuf)> {
-    let dir = &cfg.work_dir;
-    let socket = dir.join(format!("{deployment}.sock"));
-    let output = dir.join(format!("{deployment}.jsonl"));
-    let args: Vec<String> = [
-        "--coordinator",
-        &format!("http://127.0.0.1:{port}"),
-        "--pipeline",
+    let output = cfg.work_dir.join(format!("{deployment}.jsonl"));
+    let extra = [
+        "--sink".to_owned(),
+        format!("file:{}", output.display()),
+        "--idle-timeout".to_owned(),
+        format!("{}ms", cfg.sidecar_idle_timeout.as_millis()),
+    ];
+    let (proc, socket) = harness::start_sidecar(
+        &cfg.work_dir,
+        port,
         PIPELINE,
-        "--deployment",
         deployment,
-        "--gate-id",
-        &format!("{deployment}-tm-0"),
-        "--socket",
-        &socket.display().to_string(),
-        "--sink",
-        &format!("file:{}", output.display()),
-        "--idle-timeout",
-        &format!("{}ms", cfg.sidecar_idle_timeout.as_millis()),
-        "--reconnect-max-backoff",
-        "200ms",
-        "--progress-interval",
-        "50ms",
-    ]
-    .map(String::from)
-    .to_vec();
-    let proc = Proc::spawn(
-        &format!("{deployment} sidecar"),
-        &binary("gate-sidecar")?,
-        &args,
-        &dir.join(format!("{deployment}-sidecar.log")),
+        &format!("{deployment}-sidecar"),
+        &extra,
     )?;
-    wait_for_unix(&socket, Duration::from_secs(20))?;
     Ok((proc, socket, output))
 }
 
 fn coordinator(cfg: &FlinkConfig) -> Result<(Proc, u16)> {
-    let port = free_port()?;
-    let args: Vec<String> = [
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--state-file",
-        &cfg.work_dir.join("state.json").display().to_string(),
-        "--margin",
-        &format!("{}ms", cfg.margin_ms),
-        "--drain-lateness",
-        &format!("{}ms", cfg.drain_lateness_ms),
-        "--max-lag",
-        &format!("{}ms", cfg.max_lag_ms),
-        "--prepare-timeout",
-        "3s",
-        "--tick-interval",
-        "20ms",
-        "--status-interval",
-        "250ms",
-        "--heartbeat-interval",
-        "250ms",
-    ]
-    .map(String::from)
-    .to_vec();
-    let proc = Proc::spawn(
-        "coordinator",
-        &binary("coordinator")?,
-        &args,
-        &cfg.work_dir.join("coordinator.log"),
+    let c = Coordinator::start(
+        &cfg.work_dir,
+        Barrier {
+            margin_ms: cfg.margin_ms,
+            drain_lateness_ms: cfg.drain_lateness_ms,
+            max_lag_ms: cfg.max_lag_ms,
+            prepare_timeout: Duration::from_secs(3),
+        },
     )?;
-    wait_for_tcp(([127, 0, 0, 1], port).into(), Duration::from_secs(20))?;
-    Ok((proc, port))
+    Ok((c.proc, c.port))
 }
 
 /// A Flink job's arguments for one deployment.
@@ -696,40 +649,8 @@ impl Standalone {
 
 // ------------------------------------------------------------------------------ coordinator API
 
-async fn cutover_client(port: u16) -> Result<CutoverClient<GrpcChannel>> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match CutoverClient::connect(format!("http://127.0.0.1:{port}")).await {
-            Ok(c) => return Ok(c),
-            Err(e) if Instant::now() > deadline => {
-                return Err(e).context("cannot reach coordinator");
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
-
 async fn pipeline_status(port: u16) -> Result<PipelineStatus> {
-    Ok(cutover_client(port)
-        .await?
-        .get_pipeline(GetPipelineRequest {
-            pipeline: PIPELINE.into(),
-        })
-        .await?
-        .into_inner())
-}
-
-/// A phase transition seen on the Watch stream.
-#[derive(Debug, Clone)]
-pub struct PhaseSeen {
-    /// The phase.
-    pub phase: Phase,
-    /// Its epoch.
-    pub epoch: u64,
-    /// Coordinator wall clock ms.
-    pub at_ms: u64,
-    /// Why.
-    pub reason: String,
+    harness::pipeline_status(port, PIPELINE).await
 }
 
 #[derive(Default)]
@@ -740,54 +661,20 @@ struct Watched {
 }
 
 async fn watch(port: u16, seen: Arc<Mutex<Watched>>) {
-    loop {
-        let Ok(mut c) = cutover_client(port).await else {
-            continue;
-        };
-        let Ok(stream) = c
-            .watch_pipeline(WatchPipelineRequest {
-                pipeline: PIPELINE.into(),
-            })
-            .await
-        else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let mut stream = stream.into_inner();
-        while let Ok(Some(ev)) = stream.message().await {
-            let mut w = seen.lock().expect("not poisoned");
-            let entry = match ev.kind {
-                Some(pipeline_event::Kind::PhaseChange(p)) => PhaseSeen {
-                    phase: p.phase(),
-                    epoch: p.epoch,
-                    at_ms: ev.at_ms,
-                    reason: p.reason,
-                },
-                Some(pipeline_event::Kind::Status(s)) => {
-                    for g in s.gates.iter().filter(|g| g.deployment == BLUE) {
-                        if let Some(wm) = g.progress.as_ref().and_then(|p| p.watermark_ms) {
-                            w.blue_watermarks.push((ev.at_ms, wm));
-                        }
-                    }
-                    PhaseSeen {
-                        phase: s.phase(),
-                        epoch: s.epoch,
-                        at_ms: ev.at_ms,
-                        reason: "status".into(),
-                    }
+    harness::watch(port, PIPELINE, |ev| {
+        let mut w = seen.lock().expect("not poisoned");
+        if let Some(pipeline_event::Kind::Status(s)) = &ev.kind {
+            for g in s.gates.iter().filter(|g| g.deployment == BLUE) {
+                if let Some(wm) = g.progress.as_ref().and_then(|p| p.watermark_ms) {
+                    w.blue_watermarks.push((ev.at_ms, wm));
                 }
-                _ => continue,
-            };
-            let changed = w
-                .phases
-                .last()
-                .is_none_or(|l| (l.phase, l.epoch) != (entry.phase, entry.epoch));
-            if changed {
-                w.phases.push(entry);
             }
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        if let Some(p) = PhaseSeen::of(&ev) {
+            p.push_if_new(&mut w.phases);
+        }
+    })
+    .await;
 }
 
 // ------------------------------------------------------------------------------ output
@@ -1455,20 +1342,7 @@ impl fmt::Display for FlinkReport {
                 k.predicted_duplicates, k.duplicates_per_channel
             )?;
         }
-        writeln!(f, "  phases (coordinator wall clock):")?;
-        let mut phases = self.phases.iter().peekable();
-        while let Some(p) = phases.next() {
-            let lasted = phases.peek().map_or(String::new(), |n| {
-                format!(" for {} ms", n.at_ms.saturating_sub(p.at_ms))
-            });
-            writeln!(
-                f,
-                "    {:<10} epoch {:<2}{lasted}  ({})",
-                format!("{:?}", p.phase),
-                p.epoch,
-                p.reason
-            )?;
-        }
+        harness::write_phases(f, &self.phases)?;
         writeln!(
             f,
             "  output gap   largest gap between consecutive output records: {} ms around the cutover, \

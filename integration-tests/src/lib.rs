@@ -1,6 +1,8 @@
 //! sluice's integration tests and demo.
 //!
 //! - [`sim`]: the deterministic, seeded simulation of the barrier protocol (pure core, no I/O).
+//! - [`harness`]: the coordinator, sidecars and `Cutover` API as the process-level tests use
+//!   them.
 //! - [`procs`]: starting the real `coordinator` and `gate-sidecar` binaries.
 //! - [`client`]: a native-frame client, doing what a Flink sink writer does.
 //! - [`kafka`]: a real tansu broker, topic creation and reading a topic back.
@@ -11,6 +13,7 @@
 
 pub mod client;
 pub mod flink;
+pub mod harness;
 pub mod kafka;
 pub mod procs;
 pub mod scenario;

@@ -10,22 +10,19 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sluice_proto::v1::cutover_client::CutoverClient;
-use sluice_proto::v1::{
-    GetPipelineRequest, Header, Phase, PipelineStatus, Record, Records, StartCutoverRequest,
-    WatchPipelineRequest, When, pipeline_event,
-};
+use sluice_proto::v1::{Header, Phase, PipelineStatus, Record, Records, StartCutoverRequest, When};
 use tokio::task::JoinSet;
-use tonic::transport::Channel as GrpcChannel;
 
 use crate::client::{Acked, Channel};
+pub use crate::harness::PhaseSeen;
+use crate::harness::{self, Barrier, Coordinator, cutover_client, now_ms};
 use crate::kafka;
-use crate::procs::{Proc, binary, free_port, wait_for_tcp, wait_for_unix};
+use crate::procs::Proc;
 
 /// First event time of the input (2023-11-14T22:13:20Z).
 pub const BASE_MS: i64 = 1_700_000_000_000;
@@ -112,21 +109,6 @@ impl ScenarioConfig {
             kafka: None,
         }
     }
-}
-
-/// A phase transition seen on the Watch stream.
-#[derive(Debug, Clone)]
-pub struct PhaseSeen {
-    /// The phase.
-    pub phase: Phase,
-    /// Its epoch.
-    pub epoch: u64,
-    /// The barrier, if any.
-    pub barrier: Option<i64>,
-    /// Coordinator wall clock ms.
-    pub at_ms: u64,
-    /// Why.
-    pub reason: String,
 }
 
 /// Per-deployment figures.
@@ -217,12 +199,6 @@ impl Report {
             && self.wrong_side == 0
             && self.kafka.as_ref().is_none_or(KafkaFindings::intact)
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// One input record's event time.
@@ -335,128 +311,8 @@ async fn run_channel(
     ch.flush().await
 }
 
-async fn cutover_client(port: u16) -> Result<CutoverClient<GrpcChannel>> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match CutoverClient::connect(format!("http://127.0.0.1:{port}")).await {
-            Ok(c) => return Ok(c),
-            Err(e) if Instant::now() > deadline => {
-                return Err(e).context("cannot reach coordinator");
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
-
 async fn pipeline_status(port: u16) -> Result<PipelineStatus> {
-    let mut c = cutover_client(port).await?;
-    Ok(c.get_pipeline(GetPipelineRequest {
-        pipeline: PIPELINE.into(),
-    })
-    .await?
-    .into_inner())
-}
-
-/// Follows the pipeline's Watch stream across coordinator restarts, recording phase changes.
-async fn watch_phases(port: u16, seen: Arc<Mutex<Vec<PhaseSeen>>>) {
-    loop {
-        let Ok(mut c) = cutover_client(port).await else {
-            continue;
-        };
-        let stream = c
-            .watch_pipeline(WatchPipelineRequest {
-                pipeline: PIPELINE.into(),
-            })
-            .await;
-        let Ok(stream) = stream else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let mut stream = stream.into_inner();
-        while let Ok(Some(ev)) = stream.message().await {
-            let entry = match ev.kind {
-                Some(pipeline_event::Kind::PhaseChange(p)) => PhaseSeen {
-                    phase: p.phase(),
-                    epoch: p.epoch,
-                    barrier: p.barrier_ms,
-                    at_ms: ev.at_ms,
-                    reason: p.reason,
-                },
-                Some(pipeline_event::Kind::Status(s)) => PhaseSeen {
-                    phase: s.phase(),
-                    epoch: s.epoch,
-                    barrier: s.barrier_ms,
-                    at_ms: ev.at_ms,
-                    reason: "status".into(),
-                },
-                _ => continue,
-            };
-            let mut seen = seen.lock().expect("no panics while held");
-            let changed = seen
-                .last()
-                .is_none_or(|l| (l.phase, l.epoch) != (entry.phase, entry.epoch));
-            if changed {
-                seen.push(entry);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-struct Coordinator {
-    proc: Proc,
-    args: Vec<String>,
-    log: PathBuf,
-    port: u16,
-}
-
-impl Coordinator {
-    fn start(dir: &Path, cfg: &ScenarioConfig) -> Result<Self> {
-        let port = free_port()?;
-        let args: Vec<String> = [
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--state-file",
-            &dir.join("state.json").display().to_string(),
-            "--margin",
-            &format!("{}ms", cfg.margin_ms),
-            "--drain-lateness",
-            &format!("{}ms", cfg.drain_lateness_ms),
-            "--max-lag",
-            &format!("{}ms", cfg.max_lag_ms),
-            "--prepare-timeout",
-            "2s",
-            "--tick-interval",
-            "20ms",
-            "--status-interval",
-            "250ms",
-            "--heartbeat-interval",
-            "250ms",
-        ]
-        .map(String::from)
-        .to_vec();
-        let log = dir.join("coordinator.log");
-        let proc = Proc::spawn("coordinator", &binary("coordinator")?, &args, &log)?;
-        wait_for_tcp(([127, 0, 0, 1], port).into(), Duration::from_secs(20))?;
-        Ok(Self {
-            proc,
-            args,
-            log,
-            port,
-        })
-    }
-
-    fn crash_and_restart(&mut self, down_for: Duration) -> Result<()> {
-        self.proc.kill();
-        std::thread::sleep(down_for);
-        self.proc = Proc::spawn(
-            "coordinator",
-            &binary("coordinator")?,
-            &self.args,
-            &self.log,
-        )?;
-        wait_for_tcp(([127, 0, 0, 1], self.port).into(), Duration::from_secs(20))
-    }
+    harness::pipeline_status(port, PIPELINE).await
 }
 
 /// `kill -9` the coordinator, keep it down for 300 ms, start it again on the same state file.
@@ -476,47 +332,20 @@ fn sidecar(
     deployment: &str,
     kafka: Option<&KafkaOutput>,
 ) -> Result<(Proc, PathBuf, PathBuf)> {
-    let socket = dir.join(format!("{deployment}.sock"));
     let output = dir.join(format!("{deployment}.jsonl"));
-    let mut args: Vec<String> = [
-        "--coordinator",
-        &format!("http://127.0.0.1:{port}"),
-        "--pipeline",
-        PIPELINE,
-        "--deployment",
-        deployment,
-        "--gate-id",
-        &format!("{deployment}-tm-0"),
-        "--socket",
-        &socket.display().to_string(),
-        "--sink",
-        &format!("file:{}", output.display()),
-        "--reconnect-max-backoff",
-        "200ms",
-        "--progress-interval",
-        "50ms",
-    ]
-    .map(String::from)
-    .to_vec();
-    if let Some(k) = kafka {
-        // A later --sink wins.
-        args.extend(
-            [
-                "--sink",
-                &format!("kafka:{}", k.bootstrap),
-                "--default-topic",
-                &k.topic,
-            ]
-            .map(String::from),
-        );
-    }
-    let proc = Proc::spawn(
-        deployment,
-        &binary("gate-sidecar")?,
-        &args,
-        &dir.join(format!("{deployment}.log")),
-    )?;
-    wait_for_unix(&socket, Duration::from_secs(20))?;
+    let sink: Vec<String> = match kafka {
+        None => vec!["--sink".into(), format!("file:{}", output.display())],
+        Some(k) => [
+            "--sink",
+            &format!("kafka:{}", k.bootstrap),
+            "--default-topic",
+            &k.topic,
+        ]
+        .map(String::from)
+        .to_vec(),
+    };
+    let (proc, socket) =
+        harness::start_sidecar(dir, port, PIPELINE, deployment, deployment, &sink)?;
     Ok((proc, socket, output))
 }
 
@@ -620,7 +449,13 @@ pub async fn run(cfg: &ScenarioConfig) -> Result<Report> {
     let started = Instant::now();
     let dir = cfg.work_dir.clone();
     std::fs::create_dir_all(&dir)?;
-    let coordinator = Arc::new(Mutex::new(Coordinator::start(&dir, cfg)?));
+    let barrier = Barrier {
+        margin_ms: cfg.margin_ms,
+        drain_lateness_ms: cfg.drain_lateness_ms,
+        max_lag_ms: cfg.max_lag_ms,
+        prepare_timeout: Duration::from_secs(2),
+    };
+    let coordinator = Arc::new(Mutex::new(Coordinator::start(&dir, barrier)?));
     let port = coordinator.lock().expect("not poisoned").port;
     let (mut blue_proc, blue_sock, blue_out) = sidecar(&dir, port, BLUE, cfg.kafka.as_ref())?;
     let (mut green_proc, green_sock, green_out) = sidecar(&dir, port, GREEN, cfg.kafka.as_ref())?;
@@ -658,7 +493,15 @@ pub async fn run(cfg: &ScenarioConfig) -> Result<Report> {
     }
 
     let phases = Arc::new(Mutex::new(Vec::new()));
-    let watcher = tokio::spawn(watch_phases(port, phases.clone()));
+    let seen = phases.clone();
+    let watcher = tokio::spawn(async move {
+        harness::watch(port, PIPELINE, |ev| {
+            if let Some(p) = PhaseSeen::of(&ev) {
+                p.push_if_new(&mut seen.lock().expect("no panics while held"));
+            }
+        })
+        .await;
+    });
 
     // The orchestrator: request the cutover through the public API, as a person would.
     tokio::time::sleep(cfg.cutover_after).await;
@@ -799,6 +642,24 @@ pub async fn run(cfg: &ScenarioConfig) -> Result<Report> {
     })
 }
 
+/// For tests: runs the scenario in `dir` and returns its report if it is exact; otherwise panics
+/// with the report, keeping `dir` (state, outputs, logs) for a look.
+pub async fn run_expecting_exact(cfg: &ScenarioConfig, dir: tempfile::TempDir) -> Report {
+    let report = match run(cfg).await {
+        Ok(r) => r,
+        Err(e) => {
+            let dir = dir.keep();
+            panic!("scenario failed: {e:#}; logs kept in {}", dir.display())
+        }
+    };
+    println!("{report}");
+    if let Err(e) = check(&report) {
+        let dir = dir.keep();
+        panic!("{e:#}\n{report}\nlogs kept in {}", dir.display());
+    }
+    report
+}
+
 /// Fails unless the report shows an exact, completed cutover.
 pub fn check(report: &Report) -> Result<()> {
     if report.status.phase() != Phase::Completed {
@@ -876,20 +737,7 @@ impl fmt::Display for Report {
             self.missing,
             self.wrong_side
         )?;
-        writeln!(f, "  phases (coordinator wall clock):")?;
-        let mut phases = self.phases.iter().peekable();
-        while let Some(p) = phases.next() {
-            let lasted = phases.peek().map_or(String::new(), |n| {
-                format!(" for {} ms", n.at_ms.saturating_sub(p.at_ms))
-            });
-            writeln!(
-                f,
-                "    {:<10} epoch {:<2}{lasted}  ({})",
-                format!("{:?}", p.phase),
-                p.epoch,
-                p.reason
-            )?;
-        }
+        harness::write_phases(f, &self.phases)?;
         match (self.cutover_gap_ms, self.steady_gap_ms) {
             (Some(cutover), Some(steady)) => writeln!(
                 f,

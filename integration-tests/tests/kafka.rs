@@ -30,18 +30,7 @@ async fn cutover_into_kafka_is_exact_and_intact() {
         topic: "orders".into(),
         partitions: PARTITIONS,
     });
-    let report = match scenario::run(&cfg).await {
-        Ok(r) => r,
-        Err(e) => {
-            let dir = dir.keep();
-            panic!("scenario failed: {e:#}; logs kept in {}", dir.display())
-        }
-    };
-    println!("{report}");
-    if let Err(e) = scenario::check(&report) {
-        let dir = dir.keep();
-        panic!("{e:#}\n{report}\nlogs kept in {}", dir.display());
-    }
+    let report = scenario::run_expecting_exact(&cfg, dir).await;
     let k = report.kafka.as_ref().expect("Kafka findings");
     assert_eq!(report.records, 100_000);
     assert_eq!(k.read, 100_000, "the topic holds exactly the input");

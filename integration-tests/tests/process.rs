@@ -8,18 +8,7 @@ async fn run(kill: bool) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = ScenarioConfig::new(dir.path());
     cfg.kill_coordinator = kill;
-    let report = match scenario::run(&cfg).await {
-        Ok(r) => r,
-        Err(e) => {
-            let dir = dir.keep();
-            panic!("scenario failed: {e:#}; logs kept in {}", dir.display())
-        }
-    };
-    println!("{report}");
-    if let Err(e) = scenario::check(&report) {
-        let dir = dir.keep();
-        panic!("{e:#}\n{report}\nlogs kept in {}", dir.display());
-    }
+    let report = scenario::run_expecting_exact(&cfg, dir).await;
     assert_eq!(report.records, 100_000);
     assert_eq!(report.blue.output + report.green.output, 100_000);
     assert_eq!(
