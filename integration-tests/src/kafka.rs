@@ -46,6 +46,11 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self._proc.id()
+    }
+
     /// Starts the broker, logging to `dir/tansu.log`, and waits until it accepts connections.
     pub fn start(dir: &Path) -> Result<Self> {
         let port = free_port()?;

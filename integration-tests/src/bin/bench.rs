@@ -2,13 +2,20 @@
 //! run on the same broker (a real tansu on 127.0.0.1) and printed as figures and ratios.
 //!
 //! 1. Throughput: a plain rdkafka producer vs. the same records through a real `gate-sidecar`
-//!    process with the Kafka sink (same producer settings, 100-byte values).
-//! 2. The gate path alone: native frames in, `--sink null`, the sidecar pinned to one core.
-//! 3. Added latency at half the sidecar's maximum measured with `linger.ms=0` (on both paths):
+//!    process with the Kafka sink (same producer settings, 100-byte values), in alternating
+//!    rounds; medians are compared, and the CPU time each spends per record.
+//! 2. The gate path alone: native frames in, `--sink null`, the sidecar on one core.
+//! 3. Latency at half the sidecar's maximum measured with `linger.ms=0` (on both paths):
 //!    client frame written -> `FlushAck` (sidecar) vs. first send -> last delivery report
 //!    (plain), per group of records; and the sidecar alone (null sink) at the same load, which
 //!    is its own share without the broker's variance.
 //! 4. The sidecar's resident memory idle and its peak under load.
+//!
+//! On a machine with two or more CPUs the producer under test — the plain producer (run as a
+//! child process of this benchmark) or the sidecar — gets CPU 0 to itself, while the broker and
+//! the sidecar's client (standing in for the Flink job, which has cores of its own) share CPU 1:
+//! both paths get the same single core, which makes the comparison fair and far less noisy
+//! than letting four busy processes share two cores. `--no-pin` turns this off.
 //!
 //! Run it in release: `cargo run --release -p sluice-integration-tests --bin bench`.
 
@@ -59,6 +66,9 @@ struct Args {
     /// Duration of each latency run.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     latency_for: Duration,
+    /// Latency runs at this many records/s instead of half the measured maximum.
+    #[arg(long)]
+    latency_rate: Option<f64>,
     /// Records per latency sample (one frame + one Flush; one group for the plain producer).
     #[arg(long, default_value_t = 100)]
     latency_group: usize,
@@ -68,6 +78,25 @@ struct Args {
     /// Keep the work directory (logs) here instead of a temporary one.
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// Do not pin processes to CPUs (see the module doc).
+    #[arg(long)]
+    no_pin: bool,
+    /// Internal: run only the plain producer (`throughput` or `latency`) in this process and print
+    /// the result as JSON; the benchmark starts itself this way to pin it to a CPU.
+    #[arg(long, hide = true)]
+    child_plain: Option<String>,
+    /// Internal: the child's broker.
+    #[arg(long, hide = true)]
+    child_bootstrap: Option<String>,
+    /// Internal: the child's latency rate.
+    #[arg(long, hide = true)]
+    child_rate: Option<f64>,
+    /// Internal: the sidecar socket of a `sidecar-latency` child.
+    #[arg(long, hide = true)]
+    child_socket: Option<PathBuf>,
+    /// Internal: the sidecar deployment of a `sidecar-latency` child.
+    #[arg(long, hide = true)]
+    child_deployment: Option<String>,
 }
 
 const PIPELINE: &str = "bench/pipe";
@@ -85,6 +114,15 @@ fn main() -> ExitCode {
              (cargo run --release -p sluice-integration-tests --bin bench)"
         );
     }
+    if let Some(mode) = &args.child_plain {
+        return match child(&args, mode) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench child failed: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -94,8 +132,148 @@ fn main() -> ExitCode {
     }
 }
 
+/// One measurement alone in its process (pinned by the parent); prints JSON on stdout.
+fn child(args: &Args, mode: &str) -> Result<()> {
+    let bootstrap = args.child_bootstrap.as_deref().unwrap_or_default();
+    let result = match mode {
+        "throughput" => {
+            let cpu = cpu_seconds("self")?;
+            let took = plain_throughput(bootstrap, "plain", args)?;
+            serde_json::json!({
+                "seconds": took.as_secs_f64(),
+                "cpu_seconds": cpu_seconds("self")? - cpu,
+            })
+        }
+        "latency" => {
+            let rate = args.child_rate.context("--child-rate")?;
+            latencies_json(&plain_latency(bootstrap, "plain-lat", args, rate)?)
+        }
+        "sidecar-latency" => {
+            let rate = args.child_rate.context("--child-rate")?;
+            let socket = args.child_socket.as_deref().context("--child-socket")?;
+            let deployment = args
+                .child_deployment
+                .as_deref()
+                .context("--child-deployment")?;
+            latencies_json(&sidecar_latency(socket, deployment, args, rate)?)
+        }
+        other => bail!("unknown child mode {other}"),
+    };
+    println!("{result}");
+    Ok(())
+}
+
+fn latencies_json(l: &[Duration]) -> serde_json::Value {
+    let ns: Vec<u64> = l.iter().map(|d| d.as_nanos() as u64).collect();
+    serde_json::json!({ "latencies_ns": ns })
+}
+
+fn latencies_of(v: &serde_json::Value) -> Result<Vec<Duration>> {
+    Ok(v["latencies_ns"]
+        .as_array()
+        .context("child result")?
+        .iter()
+        .filter_map(|v| v.as_u64().map(Duration::from_nanos))
+        .collect())
+}
+
+/// The latency client of a sidecar in a child process, on `cpu` when pinning: on the same core
+/// as the sidecar, as the plain producer's own sending and timing are; a client sharing the
+/// broker's core would time the broker's CPU use, not the sidecar.
+fn sidecar_latency_child(
+    args: &Args,
+    sc: &Sidecar,
+    rate: f64,
+    cpu: Option<usize>,
+) -> Result<Vec<Duration>> {
+    let extra = [
+        "--child-socket".to_owned(),
+        sc.socket.display().to_string(),
+        "--child-deployment".to_owned(),
+        sc.deployment.clone(),
+    ];
+    latencies_of(&run_child(
+        args,
+        "",
+        "sidecar-latency",
+        Some(rate),
+        cpu,
+        &extra,
+    )?)
+}
+
+/// Runs one measurement (`mode`) in a child process, on `cpu` when pinning.
+fn run_child(
+    args: &Args,
+    bootstrap: &str,
+    mode: &str,
+    rate: Option<f64>,
+    cpu: Option<usize>,
+    extra: &[String],
+) -> Result<serde_json::Value> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = match cpu {
+        Some(cpu) => {
+            let mut c = std::process::Command::new("taskset");
+            c.args(["-c", &cpu.to_string()]).arg(&exe);
+            c
+        }
+        None => std::process::Command::new(&exe),
+    };
+    cmd.args([
+        "--child-plain",
+        mode,
+        "--child-bootstrap",
+        bootstrap,
+        "--records",
+        &args.records.to_string(),
+        "--value-bytes",
+        &args.value_bytes.to_string(),
+        "--batch",
+        &args.batch.to_string(),
+        "--latency-for",
+        &format!("{}ms", args.latency_for.as_millis()),
+        "--latency-group",
+        &args.latency_group.to_string(),
+    ]);
+    if let Some(rate) = rate {
+        cmd.args(["--child-rate", &rate.to_string()]);
+    }
+    cmd.args(extra);
+    let out = cmd.output().context("cannot run the plain producer")?;
+    if !out.status.success() {
+        bail!(
+            "plain producer failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Pins every thread of `pid` (and those it starts later) to `cpu`.
+fn pin(pid: u32, cpu: usize) -> Result<()> {
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("cannot run taskset")?;
+    if !status.success() {
+        bail!("taskset failed for pid {pid}");
+    }
+    Ok(())
+}
+
 fn run(args: &Args) -> Result<()> {
     procs::build_binaries(!cfg!(debug_assertions))?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pinning = !args.no_pin && cpus >= 2 && which_taskset();
+    // CPU 0: the producer under test alone (the plain producer's process, or the sidecar).
+    // CPU 1: the broker and this process (the sidecar's client, standing in for the Flink
+    // job, which runs on cores of its own). Both paths get the same single core.
+    let under_test = pinning.then_some(0);
+    if pinning {
+        pin(std::process::id(), 1)?;
+    }
     SIDECAR_BINARY.get_or_init(|| args.sidecar_binary.clone());
     let tmp = tempfile::tempdir()?;
     let dir = args
@@ -105,7 +283,16 @@ fn run(args: &Args) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let rt = tokio::runtime::Runtime::new()?;
     let broker = Broker::start(&dir)?;
-    for topic in ["plain", "sidecar", "plain-lat", "sidecar-lat"] {
+    if pinning {
+        pin(broker.pid(), 1)?;
+    }
+    for topic in [
+        "plain",
+        "sidecar",
+        "sidecar-max",
+        "plain-lat",
+        "sidecar-lat",
+    ] {
         rt.block_on(kafka::create_topic(
             &broker.bootstrap,
             topic,
@@ -115,12 +302,15 @@ fn run(args: &Args) -> Result<()> {
     let coordinator = start_coordinator(&dir)?;
     println!(
         "bench: tansu broker {} (memory storage), {} partitions, {}-byte values, {} records per frame, {} CPUs",
-        broker.bootstrap,
-        args.partitions,
-        args.value_bytes,
-        args.batch,
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        broker.bootstrap, args.partitions, args.value_bytes, args.batch, cpus
     );
+    if pinning {
+        println!(
+            "bench: the producer under test (plain producer process or sidecar) pinned alone to CPU 0; broker and client on CPU 1"
+        );
+    } else {
+        println!("bench: not pinned (--no-pin, one CPU, or no taskset): figures are noisier");
+    }
 
     // 1. Throughput, side by side, alternating so drift on a shared machine hits both alike.
     let sc = Sidecar::start(
@@ -133,7 +323,7 @@ fn run(args: &Args) -> Result<()> {
             "--default-topic",
             "sidecar",
         ],
-        None,
+        under_test,
     )?;
     let idle_rss = sc.rss_kib()?;
     let n = args.records as f64;
@@ -145,13 +335,13 @@ fn run(args: &Args) -> Result<()> {
         args.records, args.rounds
     );
     for round in 0..args.rounds {
-        let own_before = cpu_seconds("self")?;
-        let plain = plain_throughput(&broker.bootstrap, "plain", args)?;
-        plain_cpu.push((cpu_seconds("self")? - own_before) / n);
+        let plain = run_child(args, &broker.bootstrap, "throughput", None, under_test, &[])?;
+        let plain_seconds = plain["seconds"].as_f64().context("child result")?;
+        plain_cpu.push(plain["cpu_seconds"].as_f64().context("child result")? / n);
         let cpu_before = sc.cpu_seconds()?;
         let through = sidecar_throughput(&sc, &format!("round-{round}"), args, args.records)?;
         let cpu = sc.cpu_seconds()? - cpu_before;
-        plain_rates.push(n / plain.as_secs_f64());
+        plain_rates.push(n / plain_seconds);
         through_rates.push(n / through.as_secs_f64());
         sidecar_cpu.push(cpu / n);
         println!(
@@ -184,7 +374,7 @@ fn run(args: &Args) -> Result<()> {
         coordinator,
         "gate",
         &["--sink", "null", "--worker-threads", "1"],
-        Some(0),
+        under_test,
     )?;
     let gate_time = sidecar_throughput(&gate, "0", args, args.gate_records)?;
     drop(gate);
@@ -199,30 +389,47 @@ fn run(args: &Args) -> Result<()> {
     );
 
     // 3. Added latency at half the maximum measured with linger.ms=0 (the latency setting).
-    let sc = Sidecar::start(
-        &dir,
-        coordinator,
-        "latency",
-        &[
+    // Each run writes to a fresh topic: the broker's latency grows with what a partition holds.
+    let linger0 = |topic: &str| -> Vec<String> {
+        [
             "--sink",
             &format!("kafka:{}", broker.bootstrap),
             "--default-topic",
-            "sidecar-lat",
+            topic,
             "--kafka-option",
             "linger.ms=0",
-        ],
-        None,
-    )?;
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let max_args = linger0("sidecar-max");
+    let sc = Sidecar::start(&dir, coordinator, "max", &strs(&max_args), under_test)?;
     let max_records = args.records / 2;
     let max0 =
         max_records as f64 / sidecar_throughput(&sc, "max", args, max_records)?.as_secs_f64();
-    let rate = max0 / 2.0;
-    let side_lat = sidecar_latency(&sc, args, rate)?;
     drop(sc);
-    let plain_lat = plain_latency(&broker.bootstrap, "plain-lat", args, rate)?;
+    let rate = args.latency_rate.unwrap_or(max0 / 2.0);
+    let lat_args = linger0("sidecar-lat");
+    let sc = Sidecar::start(&dir, coordinator, "latency", &strs(&lat_args), under_test)?;
+    let side_lat = sidecar_latency_child(args, &sc, rate, under_test)?;
+    drop(sc);
+    let plain_lat = latencies_of(&run_child(
+        args,
+        &broker.bootstrap,
+        "latency",
+        Some(rate),
+        under_test,
+        &[],
+    )?)?;
     // The sidecar's own share, without a broker: the same load against the null sink.
-    let null = Sidecar::start(&dir, coordinator, "latency-null", &["--sink", "null"], None)?;
-    let null_lat = sidecar_latency(&null, args, rate)?;
+    let null = Sidecar::start(
+        &dir,
+        coordinator,
+        "latency-null",
+        &["--sink", "null"],
+        under_test,
+    )?;
+    let null_lat = sidecar_latency_child(args, &null, rate, under_test)?;
     drop(null);
     let row = |name: &str, l: &[Duration]| {
         println!(
@@ -237,7 +444,10 @@ fn run(args: &Args) -> Result<()> {
         "latency at {rate:.0} records/s = half the sidecar's maximum with linger.ms=0 ({max0:.0} records/s); groups of {} records",
         args.latency_group
     );
-    row("plain producer: send -> last delivery report", &plain_lat);
+    row(
+        "plain producer: send -> all sent so far delivered",
+        &plain_lat,
+    );
     row("through sidecar: frame written -> FlushAck", &side_lat);
     row("sidecar alone (null sink): frame -> FlushAck", &null_lat);
     println!(
@@ -270,6 +480,18 @@ fn cpu_seconds(pid: &str) -> Result<f64> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
     Ok(ticks as f64 / 100.0)
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn which_taskset() -> bool {
+    std::process::Command::new("taskset")
+        .arg("-V")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -393,17 +615,22 @@ impl Sidecar {
     }
 
     fn connect(&self, channel: &str) -> Result<UnixStream> {
-        let mut s = UnixStream::connect(&self.socket)?;
-        s.write_all(&encode_frame(&ClientFrame {
-            kind: Some(client_frame::Kind::Hello(v1::Hello {
-                pipeline: format!("{PIPELINE}-{}", self.deployment),
-                deployment: self.deployment.clone(),
-                channel_id: channel.into(),
-                protocol_version: 1,
-            })),
-        }))?;
-        Ok(s)
+        connect(&self.socket, &self.deployment, channel)
     }
+}
+
+/// A channel to the sidecar of `deployment` (its pipeline is `PIPELINE-deployment`), Hello sent.
+fn connect(socket: &Path, deployment: &str, channel: &str) -> Result<UnixStream> {
+    let mut s = UnixStream::connect(socket)?;
+    s.write_all(&encode_frame(&ClientFrame {
+        kind: Some(client_frame::Kind::Hello(v1::Hello {
+            pipeline: format!("{PIPELINE}-{deployment}"),
+            deployment: deployment.to_owned(),
+            channel_id: channel.into(),
+            protocol_version: 1,
+        })),
+    }))?;
+    Ok(s)
 }
 
 impl Drop for Sidecar {
@@ -656,6 +883,11 @@ fn plain_throughput(bootstrap: &str, topic: &str, args: &Args) -> Result<Duratio
 /// time from its first send to its last delivery report.
 fn plain_latency(bootstrap: &str, topic: &str, args: &Args, rate: f64) -> Result<Vec<Duration>> {
     let p = producer(bootstrap, true)?;
+    // Warm up (connections, metadata, producer id), as the sidecar is before its run.
+    for i in 0..WARM_UP {
+        send_one(&p, topic, &key(i), &value(i, args.value_bytes), BASE, 0)?;
+    }
+    wait_delivered(&p, WARM_UP as u64)?;
     let g = args.latency_group;
     let interval = Duration::from_secs_f64(g as f64 / rate);
     let groups = (args.latency_for.as_secs_f64() / interval.as_secs_f64()) as usize;
@@ -678,11 +910,21 @@ fn plain_latency(bootstrap: &str, topic: &str, args: &Args, rate: f64) -> Result
             )?;
         }
     }
-    wait_delivered(&p, (groups * g) as u64)?;
+    wait_delivered(&p, (WARM_UP + groups * g) as u64)?;
     let stamps = p.context().stamps.lock().expect("not poisoned").clone();
     let mut last = vec![None::<Instant>; groups];
     for (group, at) in stamps {
         last[group] = Some(last[group].map_or(at, |l: Instant| l.max(at)));
+    }
+    // What a flush after each group would wait for: every record sent so far delivered (the
+    // same promise a sidecar FlushAck makes).
+    let mut upto: Option<Instant> = None;
+    for l in last.iter_mut() {
+        upto = match (upto, *l) {
+            (Some(u), Some(x)) => Some(u.max(x)),
+            (u, x) => u.or(x),
+        };
+        *l = upto;
     }
     Ok(sent_at
         .iter()
@@ -704,11 +946,16 @@ fn pace(at: Instant) {
 
 /// The same groups through the sidecar: a frame of `latency_group` records and a Flush per
 /// group; per group, the time from writing the frame to reading its FlushAck.
-fn sidecar_latency(sc: &Sidecar, args: &Args, rate: f64) -> Result<Vec<Duration>> {
+fn sidecar_latency(
+    socket: &Path,
+    deployment: &str,
+    args: &Args,
+    rate: f64,
+) -> Result<Vec<Duration>> {
     let g = args.latency_group;
     let interval = Duration::from_secs_f64(g as f64 / rate);
     let groups = (args.latency_for.as_secs_f64() / interval.as_secs_f64()) as usize;
-    let s = sc.connect("lat")?;
+    let s = connect(socket, deployment, "lat")?;
     let mut reader = s.try_clone()?;
     let acks = std::thread::spawn(move || -> Result<Vec<Instant>> {
         let mut buf = Vec::new();
