@@ -955,7 +955,11 @@ fn sidecar_latency(
     let g = args.latency_group;
     let interval = Duration::from_secs_f64(g as f64 / rate);
     let groups = (args.latency_for.as_secs_f64() / interval.as_secs_f64()) as usize;
-    let s = connect(socket, deployment, "lat")?;
+    let mut s = connect(socket, deployment, "lat")?;
+    // Warm up (the topic's metadata, connections), as the plain producer is.
+    s.write_all(&records_frame(0, WARM_UP, args.value_bytes))?;
+    s.write_all(&flush_frame(0))?;
+    read_ack(&mut s, &mut Vec::new(), 0)?;
     let mut reader = s.try_clone()?;
     let acks = std::thread::spawn(move || -> Result<Vec<Instant>> {
         let mut buf = Vec::new();
