@@ -10,12 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser as _;
-use common::{DEPLOYMENT, GATE_ID, PATIENCE, PIPELINE, init_tracing};
+use common::{DEPLOYMENT, GATE_ID, PATIENCE, PIPELINE, Sidecar, init_tracing};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use sluice_proto::v1::ListPipelinesRequest;
 use sluice_proto::v1::cutover_client::CutoverClient;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream, UnixListener};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
@@ -115,103 +114,13 @@ impl Coordinator {
     }
 }
 
-/// The real sidecar with a health listener; returns the health address.
-struct Sidecar {
-    _dir: tempfile::TempDir,
-    health: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), sluice_gate_sidecar::SidecarError>>,
-}
-
-impl Sidecar {
-    async fn start(coordinator: &str, extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("gate.sock");
-        let mut args = vec![
-            "gate-sidecar",
-            "--pipeline",
-            PIPELINE,
-            "--deployment",
-            DEPLOYMENT,
-            "--gate-id",
-            GATE_ID,
-            "--coordinator",
-            coordinator,
-            "--socket",
-            socket.to_str().unwrap(),
-            "--sink",
-            "null",
-            "--progress-interval",
-            "50ms",
-            "--reconnect-max-backoff",
-            "200ms",
-        ];
-        args.extend_from_slice(extra);
-        let config = sluice_gate_sidecar::Config::try_parse_from(args).unwrap();
-        let health = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = health.local_addr().unwrap();
-        let listeners = sluice_gate_sidecar::Listeners {
-            unix: Some(UnixListener::bind(&socket).unwrap()),
-            tcp: None,
-            health: Some(health),
-        };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(sluice_gate_sidecar::run(config, listeners, async {
-            let _ = stopped.await;
-        }));
-        Self {
-            _dir: dir,
-            health: addr,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    /// Status and body of `GET /readyz`.
-    async fn readyz(&self) -> (u16, String) {
-        let mut s = TcpStream::connect(self.health).await.unwrap();
-        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).await.unwrap();
-        let status = text[9..12].parse().unwrap();
-        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-        (status, body)
-    }
-
-    async fn wait_ready(&self) -> String {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let (status, body) = self.readyz().await;
-            if status == 200 {
-                return body;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "never ready: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Asserts the sidecar stays unready (no assignment) for `time`.
-    async fn stays_unready(&self, time: Duration) {
-        let deadline = tokio::time::Instant::now() + time;
-        while tokio::time::Instant::now() < deadline {
-            let (status, body) = self.readyz().await;
-            assert_eq!(status, 503, "{body}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(PATIENCE, self.task)
-            .await
-            .expect("sidecar stops in time")
-            .unwrap()
-            .unwrap();
+/// Asserts the sidecar stays unready (no assignment) for `time`.
+async fn stays_unready(sidecar: &Sidecar, time: Duration) {
+    let deadline = tokio::time::Instant::now() + time;
+    while tokio::time::Instant::now() < deadline {
+        let (status, body) = sidecar.readyz().await;
+        assert_eq!(status, 503, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -252,7 +161,7 @@ async fn a_sidecar_attaches_over_tls_with_its_ca_file() {
     assert_eq!(p.gates[0].gate_id, GATE_ID);
     assert!(p.gates[0].connected);
 
-    sidecar.stop().await;
+    sidecar.stop().await.unwrap();
     coordinator.stop().await;
 }
 
@@ -276,9 +185,9 @@ async fn a_sidecar_that_does_not_trust_the_coordinator_never_attaches() {
     // Plaintext against the TLS listener.
     let plaintext = Sidecar::start(&format!("http://{}", coordinator.addr), &[]).await;
     // Several reconnect attempts (backoff capped at 200 ms) in this time.
-    wrong_ca.stays_unready(Duration::from_millis(1500)).await;
-    wrong_name.stays_unready(Duration::from_millis(100)).await;
-    plaintext.stays_unready(Duration::from_millis(100)).await;
+    stays_unready(&wrong_ca, Duration::from_millis(1500)).await;
+    stays_unready(&wrong_name, Duration::from_millis(100)).await;
+    stays_unready(&plaintext, Duration::from_millis(100)).await;
 
     let mut cutover = coordinator.cutover(&pki_real.ca_pem).await;
     let pipelines = cutover
@@ -303,7 +212,7 @@ async fn a_sidecar_that_does_not_trust_the_coordinator_never_attaches() {
     good.wait_ready().await;
 
     for s in [wrong_ca, wrong_name, plaintext, good] {
-        s.stop().await;
+        s.stop().await.unwrap();
     }
     coordinator.stop().await;
 }

@@ -287,6 +287,8 @@ pub struct Sidecar {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub out: PathBuf,
+    /// The health endpoints (`/livez`, `/readyz`) on 127.0.0.1.
+    pub health: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), SidecarError>>>,
 }
@@ -329,12 +331,15 @@ impl Sidecar {
         init_tracing();
         let dir = tempfile::tempdir().unwrap();
         let config = config(&dir, coordinator, extra);
-        let listeners = Listeners::bind(&config).await.expect("bind");
+        let mut listeners = Listeners::bind(&config).await.expect("bind");
+        let health = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let health_addr = health.local_addr().unwrap();
+        listeners.health = Some(health);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(sluice_gate_sidecar::run(config, listeners, async {
             let _ = stopped.await;
         }));
-        Self::started(dir, stop, task)
+        Self::started(dir, health_addr, stop, task)
     }
 
     /// Starts the sidecar with a custom sink.
@@ -342,10 +347,12 @@ impl Sidecar {
         init_tracing();
         let dir = tempfile::tempdir().unwrap();
         let config = config(&dir, coordinator, extra);
+        let health = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let health_addr = health.local_addr().unwrap();
         let listeners = Listeners {
             unix: Some(UnixListener::bind(&config.socket).unwrap()),
             tcp: None,
-            health: None,
+            health: Some(health),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(sluice_gate_sidecar::run_with_sink(
@@ -356,17 +363,19 @@ impl Sidecar {
                 let _ = stopped.await;
             },
         ));
-        Self::started(dir, stop, task)
+        Self::started(dir, health_addr, stop, task)
     }
 
     fn started(
         dir: tempfile::TempDir,
+        health: SocketAddr,
         stop: oneshot::Sender<()>,
         task: JoinHandle<Result<(), SidecarError>>,
     ) -> Self {
         Self {
             socket: dir.path().join("gate.sock"),
             out: dir.path().join("out.jsonl"),
+            health,
             dir,
             stop: Some(stop),
             task: Some(task),
@@ -407,6 +416,27 @@ impl Sidecar {
             .collect()
     }
 
+    /// Status and body of `GET /readyz`.
+    pub async fn readyz(&self) -> (u16, String) {
+        http_get(self.health, "GET", "/readyz").await
+    }
+
+    /// Waits until `/readyz` answers 200 (the coordinator assigned a role); returns its body.
+    pub async fn wait_ready(&self) -> String {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let (status, body) = self.readyz().await;
+            if status == 200 {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never ready: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Triggers shutdown and waits for `run` to return.
     pub async fn stop(mut self) -> Result<(), SidecarError> {
         let _ = self.stop.take().unwrap().send(());
@@ -423,6 +453,22 @@ impl Drop for Sidecar {
             task.abort();
         }
     }
+}
+
+/// One HTTP/1.1 request; returns the status code and the body.
+pub async fn http_get(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use tokio::io::AsyncReadExt as _;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    let status = text[9..12].parse().unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
 }
 
 // ---------------------------------------------------------------------------------------------
