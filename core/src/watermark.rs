@@ -120,6 +120,28 @@ impl WatermarkTracker {
         }
     }
 
+    /// A channel an earlier run of this gate had (persisted by the sidecar), known again as
+    /// closed at `now_ms` with the watermark it had then: it counts until it reconnects or
+    /// expires, exactly like a channel whose connection just closed. Ignored if already known.
+    pub fn restore_closed(&mut self, channel: &str, watermark: Option<EventTime>, now_ms: u64) {
+        self.channels
+            .entry(channel.to_owned())
+            .or_insert(ChannelClock {
+                watermark,
+                last_active_ms: now_ms,
+                idle_marked: false,
+                connections: 0,
+                closed_at_ms: Some(now_ms),
+            });
+    }
+
+    /// Every tracked channel with its watermark (what a restarted gate needs to know).
+    pub fn known(&self) -> impl Iterator<Item = (&str, Option<EventTime>)> {
+        self.channels
+            .iter()
+            .map(|(id, c)| (id.as_str(), c.watermark))
+    }
+
     /// Whether the channel is idle now.
     pub fn is_idle(&self, channel: &str, now_ms: u64) -> bool {
         self.channels
@@ -228,6 +250,30 @@ mod tests {
         t.on_idle("b");
         t.on_close("b", 1_800);
         assert_eq!(t.clock(1_800).watermark, Some(9));
+    }
+
+    #[test]
+    fn restored_channels_count_as_closed_until_they_reconnect_or_expire() {
+        let mut t = WatermarkTracker::new(100, 1_000);
+        t.restore_closed("a", Some(40), 0);
+        t.restore_closed("b", None, 0);
+        // Long past the idle timeout both still count; b's unknown watermark holds the gate.
+        let c = t.clock(500);
+        assert_eq!((c.channels, c.idle_channels, c.watermark), (2, 0, None));
+        t.on_open("b", 600);
+        t.on_watermark("b", 90, 600);
+        assert_eq!(t.clock(650).watermark, Some(40));
+        // A restore never overrides what is known now.
+        t.restore_closed("b", None, 700);
+        assert_eq!(t.clock(700).watermark, Some(40));
+        assert_eq!(
+            t.known().collect::<Vec<_>>(),
+            [("a", Some(40)), ("b", Some(90))]
+        );
+        // a never comes back: forgotten after the expiry; b is open and speaking.
+        t.on_watermark("b", 95, 990);
+        let c = t.clock(1_000);
+        assert_eq!((c.channels, c.watermark), (1, Some(95)));
     }
 
     #[test]

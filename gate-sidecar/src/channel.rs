@@ -330,6 +330,7 @@ impl<S: Sink> Channel<S> {
         let changes = gate.subscribe();
         let now = gate.now_ms();
         gate.lock().tracker.on_open(&id, now);
+        gate.channel_opened();
         Self {
             id,
             gate,

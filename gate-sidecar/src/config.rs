@@ -142,6 +142,12 @@ pub struct Config {
     #[arg(long, env = "SLUICE_HIGH_MARK_FILE")]
     pub high_mark_file: Option<PathBuf>,
 
+    /// File keeping the gate's channel ids and watermarks across restarts, so a restarted
+    /// sidecar waits for its channels to come back (put it on the pod's emptyDir). Defaults to
+    /// the socket path with `.channels` appended.
+    #[arg(long, env = "SLUICE_CHANNELS_FILE")]
+    pub channels_file: Option<PathBuf>,
+
     /// How far above a record's event time the persisted ceiling is raised, so it is written
     /// about once per this much event time.
     #[arg(long, env = "SLUICE_HIGH_MARK_STEP", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -472,6 +478,11 @@ impl Config {
             let mut file = self.socket.clone().into_os_string();
             file.push(".highmark");
             self.high_mark_file = Some(file.into());
+        }
+        if self.channels_file.is_none() {
+            let mut file = self.socket.clone().into_os_string();
+            file.push(".channels");
+            self.channels_file = Some(file.into());
         }
         if let Some(addr) = self.listen_tcp
             && !addr.ip().is_loopback()

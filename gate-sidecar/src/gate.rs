@@ -16,7 +16,7 @@ use sluice_core::gate::{Applied, Assignment, GateCore};
 use sluice_core::watermark::WatermarkTracker;
 use sluice_proto::convert::role_of;
 use sluice_proto::v1;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::ceiling::Ceiling;
 use crate::counters::Counters;
@@ -51,6 +51,8 @@ pub(crate) struct Gate {
     identity: GateIdentity,
     state: Mutex<GateState>,
     changes: watch::Sender<u64>,
+    /// Woken when a channel id opens, so the channel list is persisted at once.
+    channels_changed: Notify,
     started: Instant,
 }
 
@@ -72,6 +74,7 @@ impl Gate {
                 counters: Counters::default(),
             }),
             changes: watch::channel(0).0,
+            channels_changed: Notify::new(),
             started: Instant::now(),
         }
     }
@@ -91,6 +94,16 @@ impl Gate {
         // A panic under the lock leaves no half-applied state behind (every critical section
         // mutates plain values), so carrying on beats taking every channel down.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Tells the channel-list writer that a channel opened.
+    pub fn channel_opened(&self) {
+        self.channels_changed.notify_one();
+    }
+
+    /// Completes when a channel opened since the last call.
+    pub async fn channel_opened_wait(&self) {
+        self.channels_changed.notified().await;
     }
 
     /// A receiver that wakes whenever an assignment is applied.

@@ -14,6 +14,7 @@
 //! - `gate`: the shared gate state — core, watermark tracker, counters — behind one lock, so
 //!   deciding records and applying an assignment (with its prepare vote) are mutually atomic.
 //! - `counters`: the per-gate counters reported as progress.
+//! - `known_channels`: the gate's channel ids and watermarks on disk, for a restarted sidecar.
 //! - `channel`: one client connection: handshake, hold queue, backpressure, `Flush` acks,
 //!   protocol errors.
 //! - `control`: the `GateControl/Attach` client: hello, assignments, votes, progress,
@@ -33,6 +34,7 @@ mod control;
 mod counters;
 mod gate;
 mod health;
+mod known_channels;
 mod server;
 pub mod sink;
 

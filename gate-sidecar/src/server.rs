@@ -19,6 +19,7 @@ use crate::config::{Config, ConfigError};
 use crate::control::{self, ControlSettings};
 use crate::gate::{Gate, GateIdentity};
 use crate::health;
+use crate::known_channels::{self, KnownChannel, KnownChannelsError};
 use crate::sink::jsonl::JsonLinesSink;
 use crate::sink::kafka::KafkaSink;
 use crate::sink::{NullSink, Sink, SinkError};
@@ -35,6 +36,9 @@ pub enum SidecarError {
     /// The persisted high-mark ceiling cannot be read.
     #[error("cannot resume the gate's high mark")]
     Ceiling(#[from] CeilingError),
+    /// The persisted channel list cannot be read.
+    #[error("cannot resume the gate's channel list")]
+    KnownChannels(#[from] KnownChannelsError),
     /// Neither a Unix nor a TCP listener was given.
     #[error("no listener: give a Unix socket or a TCP address")]
     NoListeners,
@@ -115,6 +119,47 @@ impl Listeners {
             tcp,
             health,
         })
+    }
+}
+
+/// How often moved watermarks are written to the channel list (new channel ids at once).
+const CHANNELS_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Keeps the channel list on disk current until `stop`, then writes it a last time.
+async fn persist_channels(
+    gate: Arc<Gate>,
+    path: PathBuf,
+    mut written: Vec<KnownChannel>,
+    stop: CancellationToken,
+) {
+    loop {
+        let stopping = tokio::select! {
+            () = stop.cancelled() => true,
+            () = gate.channel_opened_wait() => false,
+            () = tokio::time::sleep(CHANNELS_WRITE_INTERVAL) => false,
+        };
+        let now: Vec<KnownChannel> = gate
+            .lock()
+            .tracker
+            .known()
+            .map(|(id, watermark_ms)| KnownChannel {
+                id: id.to_owned(),
+                watermark_ms,
+            })
+            .collect();
+        if now != written {
+            let (p, list) = (path.clone(), now.clone());
+            match tokio::task::spawn_blocking(move || known_channels::save(&p, &list)).await {
+                Ok(Ok(())) => written = now,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %crate::describe(&e), "cannot persist the channel list")
+                }
+                Err(e) => tracing::error!(error = %e, "channel list writer panicked"),
+            }
+        }
+        if stopping {
+            return;
+        }
     }
 }
 
@@ -236,6 +281,23 @@ pub async fn run_with_sink<S: Sink>(
     }
     let expiry_ms = u64::try_from(config.closed_channel_expiry.as_millis()).unwrap_or(u64::MAX);
     let gate = Arc::new(Gate::new(identity, idle_ms, expiry_ms, ceiling));
+    let channels_file = config
+        .channels_file
+        .clone()
+        .expect("validated config names a channels file");
+    let known = known_channels::load(&channels_file)?;
+    if !known.is_empty() {
+        let now = gate.now_ms();
+        let mut state = gate.lock();
+        for c in &known {
+            state.tracker.restore_closed(&c.id, c.watermark_ms, now);
+        }
+        tracing::info!(
+            file = %channels_file.display(),
+            channels = known.len(),
+            "channels of an earlier run count as closed until they reconnect"
+        );
+    }
     let sink = Arc::new(sink);
     let settings = Arc::new(ChannelSettings {
         max_frame_bytes: config.max_frame_bytes,
@@ -252,6 +314,12 @@ pub async fn run_with_sink<S: Sink>(
     ));
 
     let stop = CancellationToken::new();
+    let writer = tokio::spawn(persist_channels(
+        gate.clone(),
+        channels_file,
+        known,
+        stop.clone(),
+    ));
     let mut channels = JoinSet::new();
     let mut conn: u64 = 0;
     let Listeners { unix, tcp, health } = listeners;
@@ -308,6 +376,8 @@ pub async fn run_with_sink<S: Sink>(
         channels.shutdown().await;
     }
     control.abort();
+    // Its last write reflects the channels as they closed.
+    let _ = writer.await;
     if let Some(h) = health {
         h.abort();
     }
