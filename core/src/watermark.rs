@@ -87,6 +87,15 @@ impl WatermarkTracker {
 
     /// A channel opened (or re-opened with the same id after a reconnect).
     pub fn on_open(&mut self, channel: &str, now_ms: u64) {
+        // An expired channel that was not swept yet starts afresh, as if it had been.
+        let expiry = self.closed_expiry_ms;
+        if self
+            .channels
+            .get(channel)
+            .is_some_and(|c| c.expired(now_ms, expiry))
+        {
+            self.channels.remove(channel);
+        }
         let c = self.touch(channel, now_ms);
         c.connections += 1;
         c.closed_at_ms = None;
@@ -121,13 +130,15 @@ impl WatermarkTracker {
     }
 
     /// A channel an earlier run of this gate had (persisted by the sidecar), known again as
-    /// closed at `now_ms` with the watermark it had then: it counts until it reconnects or
-    /// expires, exactly like a channel whose connection just closed. Ignored if already known.
-    pub fn restore_closed(&mut self, channel: &str, watermark: Option<EventTime>, now_ms: u64) {
+    /// closed at `now_ms`: it counts until it reconnects or expires, like a channel whose
+    /// connection just closed — but with no watermark: records the crashed run held or had not
+    /// yet delivered come again from the client's replay, below the watermark it had sent, so
+    /// that watermark no longer bounds what is to come. Ignored if already known.
+    pub fn restore_closed(&mut self, channel: &str, now_ms: u64) {
         self.channels
             .entry(channel.to_owned())
             .or_insert(ChannelClock {
-                watermark,
+                watermark: None,
                 last_active_ms: now_ms,
                 idle_marked: false,
                 connections: 0,
@@ -135,11 +146,13 @@ impl WatermarkTracker {
             });
     }
 
-    /// Every tracked channel with its watermark (what a restarted gate needs to know).
-    pub fn known(&self) -> impl Iterator<Item = (&str, Option<EventTime>)> {
+    /// Every channel tracked at `now_ms` (what a restarted gate needs to know).
+    pub fn known(&self, now_ms: u64) -> impl Iterator<Item = &str> {
+        let expiry = self.closed_expiry_ms;
         self.channels
             .iter()
-            .map(|(id, c)| (id.as_str(), c.watermark))
+            .filter(move |(_, c)| !c.expired(now_ms, expiry))
+            .map(|(id, _)| id.as_str())
     }
 
     /// Whether the channel is idle now.
@@ -255,21 +268,18 @@ mod tests {
     #[test]
     fn restored_channels_count_as_closed_until_they_reconnect_or_expire() {
         let mut t = WatermarkTracker::new(100, 1_000);
-        t.restore_closed("a", Some(40), 0);
-        t.restore_closed("b", None, 0);
-        // Long past the idle timeout both still count; b's unknown watermark holds the gate.
+        t.restore_closed("a", 0);
+        t.restore_closed("b", 0);
+        // Long past the idle timeout both still count, with no watermark: the gate's is unknown.
         let c = t.clock(500);
         assert_eq!((c.channels, c.idle_channels, c.watermark), (2, 0, None));
         t.on_open("b", 600);
         t.on_watermark("b", 90, 600);
-        assert_eq!(t.clock(650).watermark, Some(40));
+        assert_eq!(t.clock(650).watermark, None, "a is still unknown");
         // A restore never overrides what is known now.
-        t.restore_closed("b", None, 700);
-        assert_eq!(t.clock(700).watermark, Some(40));
-        assert_eq!(
-            t.known().collect::<Vec<_>>(),
-            [("a", Some(40)), ("b", Some(90))]
-        );
+        t.restore_closed("b", 700);
+        assert_eq!(t.known(700).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(t.known(1_000).collect::<Vec<_>>(), ["b"]);
         // a never comes back: forgotten after the expiry; b is open and speaking.
         t.on_watermark("b", 95, 990);
         let c = t.clock(1_000);

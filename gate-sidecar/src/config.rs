@@ -142,8 +142,8 @@ pub struct Config {
     #[arg(long, env = "SLUICE_HIGH_MARK_FILE")]
     pub high_mark_file: Option<PathBuf>,
 
-    /// File keeping the gate's channel ids and watermarks across restarts, so a restarted
-    /// sidecar waits for its channels to come back (put it on the pod's emptyDir). Defaults to
+    /// File keeping the gate's channel ids across restarts, so a restarted sidecar waits for
+    /// its channels to come back (put it on the pod's emptyDir). Defaults to
     /// the socket path with `.channels` appended.
     #[arg(long, env = "SLUICE_CHANNELS_FILE")]
     pub channels_file: Option<PathBuf>,

@@ -4,15 +4,15 @@
 //! `sluice_core::watermark`): its sink subtask will replay from a checkpoint. A sidecar that
 //! crashed and restarted would otherwise start with no channel at all — and a gate with no
 //! channel counts as drained, so a drain could complete before the subtasks reconnect and replay.
-//! The list is written atomically (temporary file, fsync, rename) when a new channel id opens and
-//! every second while watermarks move; a watermark on disk may be older than the real one, which
-//! only makes the restarted gate wait longer, never less.
+//! The restarted gate knows them with no watermark: what the crashed sidecar held or had not yet
+//! delivered comes again from the clients' replay, below the watermarks they had sent. Only the
+//! ids are kept; the list is written atomically (temporary file, fsync, rename) when a new
+//! channel id opens and when one expires.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sluice_core::EventTime;
 use thiserror::Error;
 
 /// The channel list could not be read or written.
@@ -47,23 +47,15 @@ pub enum KnownChannelsError {
     },
 }
 
-/// One channel as persisted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KnownChannel {
-    /// The channel id (the sink subtask's, stable across its restarts).
-    pub id: String,
-    /// Its last known watermark.
-    pub watermark_ms: Option<EventTime>,
-}
-
 #[derive(Serialize, Deserialize)]
 struct File {
     format: u32,
-    channels: Vec<KnownChannel>,
+    /// Channel ids (each the sink subtask's, stable across its restarts).
+    channels: Vec<String>,
 }
 
-/// Reads the list (empty when the file does not exist).
-pub fn load(path: &Path) -> Result<Vec<KnownChannel>, KnownChannelsError> {
+/// Reads the channel ids (none when the file does not exist).
+pub fn load(path: &Path) -> Result<Vec<String>, KnownChannelsError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -83,7 +75,7 @@ pub fn load(path: &Path) -> Result<Vec<KnownChannel>, KnownChannelsError> {
 }
 
 /// Replaces the list atomically.
-pub fn save(path: &Path, channels: &[KnownChannel]) -> Result<(), KnownChannelsError> {
+pub fn save(path: &Path, channels: &[String]) -> Result<(), KnownChannelsError> {
     let write = || -> std::io::Result<()> {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
@@ -111,17 +103,8 @@ mod tests {
     fn a_saved_list_loads_back_and_a_missing_file_is_empty() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gate.channels");
-        assert_eq!(load(&path).unwrap(), vec![]);
-        let list = vec![
-            KnownChannel {
-                id: "0".into(),
-                watermark_ms: Some(42),
-            },
-            KnownChannel {
-                id: "1".into(),
-                watermark_ms: None,
-            },
-        ];
+        assert!(load(&path).unwrap().is_empty());
+        let list = vec!["0".to_owned(), "1".to_owned()];
         save(&path, &list).unwrap();
         assert_eq!(load(&path).unwrap(), list);
         std::fs::write(&path, "garbage").unwrap();

@@ -19,7 +19,7 @@ use crate::config::{Config, ConfigError};
 use crate::control::{self, ControlSettings};
 use crate::gate::{Gate, GateIdentity};
 use crate::health;
-use crate::known_channels::{self, KnownChannel, KnownChannelsError};
+use crate::known_channels::{self, KnownChannelsError};
 use crate::sink::jsonl::JsonLinesSink;
 use crate::sink::kafka::KafkaSink;
 use crate::sink::{NullSink, Sink, SinkError};
@@ -122,14 +122,14 @@ impl Listeners {
     }
 }
 
-/// How often moved watermarks are written to the channel list (new channel ids at once).
+/// How often expired channels are looked for (new channel ids are written at once).
 const CHANNELS_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Keeps the channel list on disk current until `stop`, then writes it a last time.
 async fn persist_channels(
     gate: Arc<Gate>,
     path: PathBuf,
-    mut written: Vec<KnownChannel>,
+    mut written: Vec<String>,
     stop: CancellationToken,
 ) {
     loop {
@@ -138,15 +138,8 @@ async fn persist_channels(
             () = gate.channel_opened_wait() => false,
             () = tokio::time::sleep(CHANNELS_WRITE_INTERVAL) => false,
         };
-        let now: Vec<KnownChannel> = gate
-            .lock()
-            .tracker
-            .known()
-            .map(|(id, watermark_ms)| KnownChannel {
-                id: id.to_owned(),
-                watermark_ms,
-            })
-            .collect();
+        let at = gate.now_ms();
+        let now: Vec<String> = gate.lock().tracker.known(at).map(str::to_owned).collect();
         if now != written {
             let (p, list) = (path.clone(), now.clone());
             match tokio::task::spawn_blocking(move || known_channels::save(&p, &list)).await {
@@ -289,8 +282,8 @@ pub async fn run_with_sink<S: Sink>(
     if !known.is_empty() {
         let now = gate.now_ms();
         let mut state = gate.lock();
-        for c in &known {
-            state.tracker.restore_closed(&c.id, c.watermark_ms, now);
+        for id in &known {
+            state.tracker.restore_closed(id, now);
         }
         tracing::info!(
             file = %channels_file.display(),

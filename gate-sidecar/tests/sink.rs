@@ -278,6 +278,9 @@ async fn channels_also_work_over_loopback_tcp() {
         &coord.url(),
         "--sink",
         &format!("file:{}", out.display()),
+        // Not bound (TCP only), but it names the high-mark and channel files: keep them here.
+        "--socket",
+        dir.path().join("unused.sock").to_str().unwrap(),
     ])
     .unwrap();
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();

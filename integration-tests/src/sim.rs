@@ -335,6 +335,11 @@ struct Chan {
     closed: bool,
     /// When the channel closed (meaningful while `closed`).
     closed_at: u64,
+    /// Tracked by its gate when the gate's sidecar crashed: the restarted sidecar restores it
+    /// from its channels file.
+    persisted: bool,
+    /// When a restarted sidecar restored it (until it reconnects).
+    restored_at: Option<u64>,
     // What the gate's tracker should know of this channel (an independent model of
     // `WatermarkTracker`, checked against it on every progress report):
     /// The client is connected to the current sidecar incarnation.
@@ -779,6 +784,8 @@ impl<'a> Sim<'a> {
                         last_admitted_seq: None,
                         closed: false,
                         closed_at: 0,
+                        persisted: false,
+                        restored_at: None,
                         attached: false,
                         last_touch: 0,
                         idle_marked: false,
@@ -1187,6 +1194,7 @@ impl<'a> Sim<'a> {
                     ch.closed = false;
                     ch.last_touch = now;
                     ch.idle_marked = false;
+                    ch.restored_at = None;
                     ch.wm_at_gate = None;
                     // The client re-signals the end of its input to the new sidecar, if it had.
                     ch.end_signalled = false;
@@ -1670,6 +1678,18 @@ impl<'a> Sim<'a> {
         }
         let incarnation = gate.incarnation;
         let chans = gate.chans.clone();
+        let now = self.now;
+        for &c in &chans {
+            // The channels file: what the crashed incarnation tracked comes back as closed, with
+            // no watermark (handed-back records come again below the one it had).
+            let ch = &mut self.chans[c];
+            ch.restored_at = None;
+            if std::mem::take(&mut ch.persisted) {
+                self.gates[g].tracker.restore_closed(&ch.name, now);
+                ch.restored_at = Some(now);
+                ch.wm_at_gate = None;
+            }
+        }
         for &c in &chans {
             // Each sink subtask notices the new sidecar and reconnects in its own time: until
             // then the gate does not know the channel at all.
@@ -1759,6 +1779,13 @@ impl<'a> Sim<'a> {
     /// The model's view of a channel at its gate: (tracked, live).
     fn chan_state(&self, c: usize) -> (bool, bool) {
         let ch = &self.chans[c];
+        if !ch.attached {
+            // Restored from the channels file by a restarted sidecar: closed until it reconnects.
+            let restored = ch
+                .restored_at
+                .is_some_and(|t| self.now.saturating_sub(t) < self.sc.closed_expiry_ms);
+            return (restored, restored);
+        }
         // A closed channel is never idle: it counts until it reconnects or expires.
         let tracked = ch.attached
             && (!ch.closed || self.now.saturating_sub(ch.closed_at) < self.sc.closed_expiry_ms);
@@ -1912,6 +1939,12 @@ impl<'a> Sim<'a> {
         gate.alive = false;
         gate.incarnation += 1;
         let mut handed = 0;
+        let chans = gate.chans.clone();
+        for &c in &chans {
+            // Written to the channels file.
+            self.chans[c].persisted = self.chan_state(c).0;
+        }
+        let gate = &mut self.gates[g];
         for slot in 0..gate.chans.len() {
             let c = gate.chans[slot];
             self.chans[c].attached = false;
