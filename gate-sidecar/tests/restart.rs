@@ -9,9 +9,8 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use clap::Parser as _;
 use common::*;
-use sluice_gate_sidecar::{Config, Listeners};
+use sluice_gate_sidecar::Listeners;
 use sluice_proto::v1::{self, client_frame};
 
 /// A sidecar in a runtime of its own, so that `crash` can drop every one of its tasks at once
@@ -40,29 +39,11 @@ impl Drop for Crashable {
 }
 
 fn start_in(dir: &Path, coordinator: &str) -> Crashable {
-    let socket = dir.join("gate.sock");
-    let config = Config::try_parse_from([
-        "gate-sidecar",
-        "--pipeline",
-        PIPELINE,
-        "--deployment",
-        DEPLOYMENT,
-        "--gate-id",
-        GATE_ID,
-        "--coordinator",
+    let config = config(
+        dir,
         coordinator,
-        "--socket",
-        socket.to_str().unwrap(),
-        "--sink",
-        "null",
-        "--idle-timeout",
-        "500ms",
-        "--progress-interval",
-        "50ms",
-        "--reconnect-max-backoff",
-        "200ms",
-    ])
-    .unwrap();
+        &["--sink", "null", "--idle-timeout", "500ms"],
+    );
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()

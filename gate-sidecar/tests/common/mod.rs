@@ -293,9 +293,11 @@ pub struct Sidecar {
     task: Option<JoinHandle<Result<(), SidecarError>>>,
 }
 
-fn config(dir: &tempfile::TempDir, coordinator: &str, extra: &[&str]) -> Config {
-    let socket = dir.path().join("gate.sock");
-    let out = dir.path().join("out.jsonl");
+/// The test sidecar's configuration: socket `dir/gate.sock`, file sink `dir/out.jsonl`, fast
+/// progress and reconnects, `extra` flags last (a later flag wins).
+pub fn config(dir: &std::path::Path, coordinator: &str, extra: &[&str]) -> Config {
+    let socket = dir.join("gate.sock");
+    let out = dir.join("out.jsonl");
     let sink = format!("file:{}", out.display());
     let mut args: Vec<String> = [
         "gate-sidecar",
@@ -330,7 +332,7 @@ impl Sidecar {
     pub async fn start(coordinator: &str, extra: &[&str]) -> Self {
         init_tracing();
         let dir = tempfile::tempdir().unwrap();
-        let config = config(&dir, coordinator, extra);
+        let config = config(dir.path(), coordinator, extra);
         let mut listeners = Listeners::bind(&config).await.expect("bind");
         let health = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let health_addr = health.local_addr().unwrap();
@@ -346,7 +348,7 @@ impl Sidecar {
     pub async fn start_with_sink<S: Sink>(coordinator: &str, extra: &[&str], sink: S) -> Self {
         init_tracing();
         let dir = tempfile::tempdir().unwrap();
-        let config = config(&dir, coordinator, extra);
+        let config = config(dir.path(), coordinator, extra);
         let health = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let health_addr = health.local_addr().unwrap();
         let listeners = Listeners {
