@@ -11,7 +11,6 @@
 //! client's side, no `h2` in the client's ALPN) closes that connection only.
 
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -27,8 +26,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-/// Time for a client to complete the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// TLS handshakes in progress at once; more connections are closed at accept. Sidecars
 /// reconnect with backoff, so a burst (a coordinator restart with many gates) is absorbed.
 const MAX_HANDSHAKES: usize = 128;
@@ -136,28 +133,12 @@ async fn accept_loop(
         let (tls, ready) = (tls.clone(), ready.clone());
         handshakes.spawn(async move {
             let _permit = permit;
-            if let Some(io) = handshake(&tls, tcp, peer).await {
+            if let Some(io) = crate::webhook::tls::handshake("gRPC", &tls, tcp, peer).await {
                 // Fails only when the server stopped: the connection is dropped then.
-                let _ = ready.send(Ok(io)).await;
+                let _ = ready.send(Ok(TlsIo(io))).await;
             }
         });
     }
     // Handshakes still running would only hand connections to a server that is stopping.
     handshakes.abort_all();
-}
-
-async fn handshake(tls: &TlsAcceptor, tcp: TcpStream, peer: SocketAddr) -> Option<TlsIo> {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
-        Ok(Ok(stream)) => Some(TlsIo(stream)),
-        Ok(Err(e)) => {
-            // Typically a plaintext client (`http://` instead of `https://`) or a client that
-            // does not trust the certificate: worth seeing in the log, and it is one line.
-            tracing::warn!(%peer, error = %e, "gRPC: TLS handshake failed");
-            None
-        }
-        Err(_) => {
-            tracing::warn!(%peer, "gRPC: TLS handshake timed out");
-            None
-        }
-    }
 }

@@ -43,8 +43,6 @@ pub const METRICS_PATH: &str = "/metrics";
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 /// Connections served at once; more are closed at accept.
 const MAX_CONNECTIONS: usize = 256;
-/// Time for a TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time for a request head (slow clients do not hold a connection forever).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time for a request body.
@@ -243,13 +241,11 @@ async fn serve<H, F>(
             let _permit = permit;
             match tls {
                 None => connection(name, tcp, peer, handler, stop).await,
-                Some(tls) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
-                    Ok(Ok(stream)) => connection(name, stream, peer, handler, stop).await,
-                    Ok(Err(e)) => {
-                        tracing::warn!(%peer, error = %e, "{name}: TLS handshake failed");
+                Some(tls) => {
+                    if let Some(stream) = super::tls::handshake(name, &tls, tcp, peer).await {
+                        connection(name, stream, peer, handler, stop).await;
                     }
-                    Err(_) => tracing::warn!(%peer, "{name}: TLS handshake timed out"),
-                },
+                }
             }
         });
     }

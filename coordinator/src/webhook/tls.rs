@@ -283,6 +283,31 @@ impl ResolvesServerCert for ReloadingCert {
 }
 
 /// `error: cause: cause` on one line.
+/// Longest a client may take to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The server side of one TLS handshake, bounded by [`HANDSHAKE_TIMEOUT`]; a failure (typically
+/// a plaintext client or one that does not trust the certificate) is logged as one line under
+/// `listener` and yields `None`.
+pub(crate) async fn handshake(
+    listener: &str,
+    tls: &tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, error = %e, "{listener}: TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "{listener}: TLS handshake timed out");
+            None
+        }
+    }
+}
+
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
