@@ -9,10 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use futures::{SinkExt as _, StreamExt as _};
-use sluice_proto::framing::FrameCodec;
 use sluice_proto::v1::{self, ClientFrame, ServerFrame, client_frame, server_frame};
-use tokio::net::UnixStream;
-use tokio_util::codec::{FramedRead, FramedWrite};
 
 const HOLD_LIMIT: u64 = 4;
 /// 2000 frames of ~1 KiB: far more than the socket buffers can absorb.
@@ -28,20 +25,7 @@ async fn a_full_hold_queue_blocks_the_client_without_losing_records() {
     let limit = HOLD_LIMIT.to_string();
     let sidecar = Sidecar::start(&coord.url(), &["--hold-limit", &limit]).await;
 
-    let (read, write) = UnixStream::connect(&sidecar.socket)
-        .await
-        .unwrap()
-        .into_split();
-    let mut tx = FramedWrite::new(write, FrameCodec::<ClientFrame, ServerFrame>::default());
-    let mut rx = FramedRead::new(read, FrameCodec::<ClientFrame, ServerFrame>::default());
-    tx.send(frame(client_frame::Kind::Hello(v1::Hello {
-        pipeline: PIPELINE.into(),
-        deployment: DEPLOYMENT.into(),
-        channel_id: "bp".into(),
-        protocol_version: 1,
-    })))
-    .await
-    .unwrap();
+    let (mut tx, mut rx) = split_channel(&sidecar.socket, "bp").await;
 
     let sent = Arc::new(AtomicUsize::new(0));
     let counter = sent.clone();

@@ -18,9 +18,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, Timestamp, TopicPartitionList};
 use sluice_gate_sidecar::sink::kafka::{KafkaSettings, KafkaSink, parse_option};
-use sluice_proto::framing::FrameCodec;
-use sluice_proto::v1::{self, ClientFrame, ErrorCode, ServerFrame, client_frame};
-use tokio_util::codec::FramedWrite;
+use sluice_proto::v1::{self, ClientFrame, ErrorCode, client_frame};
 
 const TOPIC: &str = "orders";
 const PARTITIONS: i32 = 4;
@@ -304,23 +302,7 @@ async fn a_slow_broker_backpressures_the_client_and_queues_stay_bounded() {
     )
     .await;
 
-    let stream = tokio::net::UnixStream::connect(&sidecar.socket)
-        .await
-        .unwrap();
-    let (read, write) = stream.into_split();
-    let mut tx = FramedWrite::new(write, FrameCodec::<ClientFrame, ServerFrame>::default());
-    let mut rx =
-        tokio_util::codec::FramedRead::new(read, FrameCodec::<ClientFrame, ServerFrame>::default());
-    tx.send(ClientFrame {
-        kind: Some(client_frame::Kind::Hello(v1::Hello {
-            pipeline: PIPELINE.into(),
-            deployment: DEPLOYMENT.into(),
-            channel_id: "slow".into(),
-            protocol_version: 1,
-        })),
-    })
-    .await
-    .unwrap();
+    let (mut tx, mut rx) = split_channel(&sidecar.socket, "slow").await;
     let sent = Arc::new(AtomicUsize::new(0));
     let counter = sent.clone();
     let writer = tokio::spawn(async move {

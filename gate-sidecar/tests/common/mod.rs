@@ -457,6 +457,37 @@ impl Drop for Sidecar {
     }
 }
 
+/// The two halves of a channel to the sidecar's socket that has said Hello as `channel`, for
+/// tests that write from one task while another reads.
+pub type SplitChannel = (
+    tokio_util::codec::FramedWrite<
+        tokio::net::unix::OwnedWriteHalf,
+        FrameCodec<ClientFrame, ServerFrame>,
+    >,
+    tokio_util::codec::FramedRead<
+        tokio::net::unix::OwnedReadHalf,
+        FrameCodec<ClientFrame, ServerFrame>,
+    >,
+);
+
+/// Connects to `socket` and says Hello as `channel`; returns the write and read halves.
+pub async fn split_channel(socket: &std::path::Path, channel: &str) -> SplitChannel {
+    let (read, write) = UnixStream::connect(socket).await.unwrap().into_split();
+    let mut tx = tokio_util::codec::FramedWrite::new(write, FrameCodec::default());
+    let rx = tokio_util::codec::FramedRead::new(read, FrameCodec::default());
+    tx.send(ClientFrame {
+        kind: Some(client_frame::Kind::Hello(v1::Hello {
+            pipeline: PIPELINE.into(),
+            deployment: DEPLOYMENT.into(),
+            channel_id: channel.into(),
+            protocol_version: 1,
+        })),
+    })
+    .await
+    .unwrap();
+    (tx, rx)
+}
+
 /// One HTTP/1.1 request; returns the status code and the body.
 pub async fn http_get(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     use tokio::io::AsyncReadExt as _;
