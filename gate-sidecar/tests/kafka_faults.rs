@@ -336,6 +336,11 @@ async fn a_slow_broker_backpressures_the_client_and_queues_stay_bounded() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let sent_after_wait = sent.load(Ordering::SeqCst) as u64;
+    assert_eq!(
+        probe.max_queued(),
+        QUEUE,
+        "the bound is queue.buffering.max.messages"
+    );
     assert!(peak <= QUEUE, "queue exceeded its bound: {peak}");
     assert!(
         peak >= QUEUE / 2,
