@@ -20,6 +20,9 @@ async fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (full disk, closed pipe) is lost, not fatal: the
+        // default reports it with `eprintln!`, which panics whichever task was logging.
+        .log_internal_errors(false)
         .init();
     match serve(config).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -101,6 +101,10 @@ pub(crate) enum ChannelError {
     /// The high-mark ceiling could not be persisted, so no record above it may be decided.
     #[error("cannot persist the gate's high-mark ceiling")]
     Ceiling(#[source] crate::ceiling::CeilingError),
+    /// The channel's id could not be persisted, so a restarted sidecar would not know to wait
+    /// for it; none of its records may be decided.
+    #[error("cannot persist the channel list")]
+    ChannelList(#[source] Arc<crate::known_channels::KnownChannelsError>),
     /// Reading the socket failed.
     #[error("socket read failed")]
     Socket(#[source] std::io::Error),
@@ -131,7 +135,7 @@ impl ChannelError {
             ChannelError::TooLarge(_) => ErrorCode::FrameTooLarge,
             ChannelError::SinkFailed(_) => ErrorCode::SinkFailed,
             ChannelError::ShuttingDown => ErrorCode::ShuttingDown,
-            ChannelError::Ceiling(_) => ErrorCode::Internal,
+            ChannelError::Ceiling(_) | ChannelError::ChannelList(_) => ErrorCode::Internal,
             ChannelError::Socket(_) | ChannelError::Send(_) => return None,
         })
     }
@@ -202,7 +206,10 @@ pub(crate) async fn serve<IO, S>(
     };
     let mut channel = Channel::open(id, gate, sink, &settings);
     tracing::info!(channel = %channel.id, conn, %peer, "channel opened");
-    let result = channel.run(&mut framed, &shutdown).await;
+    let result = match channel.durable(&shutdown).await {
+        Ok(()) => channel.run(&mut framed, &shutdown).await,
+        Err(e) => Err(e),
+    };
     let held = channel.close();
     match result {
         Ok(()) => tracing::info!(
@@ -306,6 +313,8 @@ enum Event {
 /// An open channel's state.
 struct Channel<S> {
     id: Arc<str>,
+    /// The channel-list generation that must be on disk before any record is decided.
+    durable_at: u64,
     gate: Arc<Gate>,
     sink: Arc<S>,
     default_topic: Arc<str>,
@@ -328,11 +337,10 @@ impl<S: Sink> Channel<S> {
     fn open(id: Arc<str>, gate: Arc<Gate>, sink: Arc<S>, settings: &ChannelSettings) -> Self {
         // Subscribe before the first decision so no assignment change can slip between them.
         let changes = gate.subscribe();
-        let now = gate.now_ms();
-        gate.lock().tracker.on_open(&id, now);
-        gate.channel_opened();
+        let durable_at = gate.open_channel(&id);
         Self {
             id,
+            durable_at,
             gate,
             sink,
             default_topic: settings.default_topic.clone(),
@@ -344,6 +352,16 @@ impl<S: Sink> Channel<S> {
             in_flight: VecDeque::new(),
             flushes: VecDeque::new(),
             changes,
+        }
+    }
+
+    /// Waits until the channel's id is in the channel list on disk: a restarted sidecar only
+    /// waits for the channels it knows of, so none of this channel's records may be decided
+    /// (and so none admitted) before then.
+    async fn durable(&self, shutdown: &CancellationToken) -> Result<(), ChannelError> {
+        tokio::select! {
+            r = self.gate.channel_durable(self.durable_at) => r.map_err(ChannelError::ChannelList),
+            () = shutdown.cancelled() => Err(ChannelError::ShuttingDown),
         }
     }
 

@@ -143,8 +143,8 @@ pub struct Config {
     pub high_mark_file: Option<PathBuf>,
 
     /// File keeping the gate's channel ids across restarts, so a restarted sidecar waits for
-    /// its channels to come back (put it on the pod's emptyDir). Defaults to
-    /// the socket path with `.channels` appended.
+    /// its channels to come back (put it on the pod's emptyDir). A channel is refused while its
+    /// id cannot be written. Defaults to the socket path with `.channels` appended.
     #[arg(long, env = "SLUICE_CHANNELS_FILE")]
     pub channels_file: Option<PathBuf>,
 

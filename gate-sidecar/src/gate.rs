@@ -9,7 +9,8 @@
 //! Channel tasks wait on a `watch` of a change counter to re-drain their hold queues whenever
 //! an assignment is applied.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use sluice_core::gate::{Applied, Assignment, GateCore};
@@ -20,6 +21,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::ceiling::Ceiling;
 use crate::counters::Counters;
+use crate::known_channels::KnownChannelsError;
 
 /// Who this gate is: the pipeline and deployment it serves, and its own id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +55,20 @@ pub(crate) struct Gate {
     changes: watch::Sender<u64>,
     /// Woken when a channel id opens, so the channel list is persisted at once.
     channels_changed: Notify,
+    /// Bumped (under the lock, with the tracker) each time a channel opens.
+    channels_generation: AtomicU64,
+    /// What the channel-list writer last managed, by generation.
+    channels_written: watch::Sender<ListWrite>,
     started: Instant,
+}
+
+/// The channel-list writer's progress: which generation is on disk, which last failed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ListWrite {
+    /// Every channel opened at or before this generation is in the file.
+    pub written: u64,
+    /// The last write that failed, with the generation it tried to cover.
+    pub failed: Option<(u64, Arc<KnownChannelsError>)>,
 }
 
 impl Gate {
@@ -75,6 +90,8 @@ impl Gate {
             }),
             changes: watch::channel(0).0,
             channels_changed: Notify::new(),
+            channels_generation: AtomicU64::new(0),
+            channels_written: watch::channel(ListWrite::default()).0,
             started: Instant::now(),
         }
     }
@@ -96,14 +113,58 @@ impl Gate {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Tells the channel-list writer that a channel opened.
-    pub fn channel_opened(&self) {
+    /// Counts channel `id` open in the tracker and asks the channel-list writer to persist it;
+    /// returns the generation [`Gate::channel_durable`] waits for.
+    pub fn open_channel(&self, id: &str) -> u64 {
+        let now = self.now_ms();
+        let generation = {
+            let mut state = self.lock();
+            state.tracker.on_open(id, now);
+            // Under the lock, so a writer's snapshot of the list and the generation agree.
+            self.channels_generation.fetch_add(1, Ordering::Relaxed) + 1
+        };
         self.channels_changed.notify_one();
+        generation
     }
 
     /// Completes when a channel opened since the last call.
     pub async fn channel_opened_wait(&self) {
         self.channels_changed.notified().await;
+    }
+
+    /// The channels known now and the generation that list covers, taken together.
+    pub fn channels_snapshot(&self) -> (u64, Vec<String>) {
+        let now = self.now_ms();
+        let state = self.lock();
+        let generation = self.channels_generation.load(Ordering::Relaxed);
+        (
+            generation,
+            state.tracker.known(now).map(str::to_owned).collect(),
+        )
+    }
+
+    /// Records what the channel-list writer managed for `generation`.
+    pub fn channels_written(&self, generation: u64, result: Result<(), KnownChannelsError>) {
+        self.channels_written.send_modify(|w| match result {
+            Ok(()) => w.written = w.written.max(generation),
+            Err(e) => w.failed = Some((generation, Arc::new(e))),
+        });
+    }
+
+    /// Completes when the channel list on disk covers `generation`, or fails with the write
+    /// error when the write that should have covered it failed.
+    pub async fn channel_durable(&self, generation: u64) -> Result<(), Arc<KnownChannelsError>> {
+        let mut rx = self.channels_written.subscribe();
+        let w = rx
+            .wait_for(|w| {
+                w.written >= generation || w.failed.as_ref().is_some_and(|f| f.0 >= generation)
+            })
+            .await
+            .expect("the gate owns the sender");
+        match &w.failed {
+            Some((_, e)) if w.written < generation => Err(e.clone()),
+            _ => Ok(()),
+        }
     }
 
     /// A receiver that wakes whenever an assignment is applied.

@@ -18,6 +18,9 @@ fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (full disk, closed pipe) is lost, not fatal: the
+        // default reports it with `eprintln!`, which panics whichever task was logging.
+        .log_internal_errors(false)
         .init();
 
     // Validate before binding anything, so a bad flag never leaves a socket behind; report it

@@ -125,7 +125,8 @@ impl Listeners {
 /// How often expired channels are looked for (new channel ids are written at once).
 const CHANNELS_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Keeps the channel list on disk current until `stop`, then writes it a last time.
+/// Keeps the channel list on disk current until `stop`, then writes it a last time. Each round
+/// reports the generation it covered (or its failure) so opening channels can wait for it.
 async fn persist_channels(
     gate: Arc<Gate>,
     path: PathBuf,
@@ -138,18 +139,34 @@ async fn persist_channels(
             () = gate.channel_opened_wait() => false,
             () = tokio::time::sleep(CHANNELS_WRITE_INTERVAL) => false,
         };
-        let at = gate.now_ms();
-        let now: Vec<String> = gate.lock().tracker.known(at).map(str::to_owned).collect();
-        if now != written {
+        let (generation, now) = gate.channels_snapshot();
+        let result = if now == written {
+            Ok(())
+        } else {
             let (p, list) = (path.clone(), now.clone());
-            match tokio::task::spawn_blocking(move || known_channels::save(&p, &list)).await {
-                Ok(Ok(())) => written = now,
-                Ok(Err(e)) => {
-                    tracing::error!(error = %crate::describe(&e), "cannot persist the channel list")
+            let saved = tokio::task::spawn_blocking(move || known_channels::save(&p, &list))
+                .await
+                .unwrap_or_else(|panicked| {
+                    Err(KnownChannelsError::Write {
+                        path: path.clone(),
+                        source: std::io::Error::other(panicked),
+                    })
+                });
+            match saved {
+                Ok(()) => {
+                    written = now;
+                    Ok(())
                 }
-                Err(e) => tracing::error!(error = %e, "channel list writer panicked"),
+                Err(e) => {
+                    tracing::error!(
+                        error = %crate::describe(&e),
+                        "cannot persist the channel list; channels opening now are refused"
+                    );
+                    Err(e)
+                }
             }
-        }
+        };
+        gate.channels_written(generation, result);
         if stopping {
             return;
         }

@@ -129,11 +129,11 @@ impl Flink {
     }
 
     /// `java` arguments for `main` with JVM options `jvm` (e.g. `-Xmx384m`), logging to stdout
-    /// with `log4j`.
+    /// with `work_dir/log4j2.properties` and keeping its temporary files in `work_dir/java-tmp`.
     pub fn java_args(
         &self,
         jvm: &[String],
-        log4j: &Path,
+        work_dir: &Path,
         main: &str,
         args: &[String],
     ) -> Vec<String> {
@@ -141,7 +141,13 @@ impl Flink {
         v.extend([
             "-XX:+UseSerialGC".into(),
             "-XX:TieredStopAtLevel=1".into(),
-            format!("-Dlog4j.configurationFile={}", log4j.display()),
+            format!(
+                "-Dlog4j.configurationFile={}",
+                work_dir.join("log4j2.properties").display()
+            ),
+            // Flink unpacks a 24 MB RPC jar into the temporary directory on every start and
+            // leaves it there; inside the run's directory it goes when the run's directory does.
+            format!("-Djava.io.tmpdir={}", work_dir.join("java-tmp").display()),
         ]);
         v.extend(JAVA_OPENS.iter().map(|s| s.to_string()));
         v.extend(["-cp".into(), self.classpath(), main.into()]);
@@ -486,11 +492,10 @@ fn mini_cluster(
     let rest_port = free_port()?;
     let mut args = job_args(cfg, deployment, socket, parallelism, live);
     args.extend(["--rest-port".into(), rest_port.to_string()]);
-    let log4j = cfg.work_dir.join("log4j2.properties");
     let proc = Proc::spawn(
         &format!("{deployment} Flink"),
         &java_path()?,
-        &flink.java_args(&["-Xmx400m".into()], &log4j, JOB_MAIN, &args),
+        &flink.java_args(&["-Xmx400m".into()], &cfg.work_dir, JOB_MAIN, &args),
         &cfg.work_dir.join(format!("{deployment}-flink.log")),
     )?;
     Ok((proc, rest_port))
@@ -531,13 +536,12 @@ impl Standalone {
              parallelism.default: {slots}\n"
         );
         std::fs::write(conf_dir.join("config.yaml"), conf)?;
-        let log4j = cfg.work_dir.join("log4j2.properties");
         let jobmanager = Proc::spawn(
             &format!("{name} JobManager"),
             &java_path()?,
             &flink.java_args(
                 &["-Xmx400m".into()],
-                &log4j,
+                &cfg.work_dir,
                 "org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint",
                 &["--configDir".into(), conf_dir.display().to_string()],
             ),
@@ -586,13 +590,12 @@ impl Standalone {
 
     fn start_taskmanager(&mut self, flink: &Flink, cfg: &FlinkConfig, name: &str) -> Result<()> {
         let n = self.taskmanagers.len();
-        let log4j = cfg.work_dir.join("log4j2.properties");
         self.taskmanagers.push(Proc::spawn(
             &format!("{name} TaskManager {n}"),
             &java_path()?,
             &flink.java_args(
                 &self.tm_jvm,
-                &log4j,
+                &cfg.work_dir,
                 "org.apache.flink.runtime.taskexecutor.TaskManagerRunner",
                 &[
                     vec!["--configDir".into(), self.conf_dir.display().to_string()],
@@ -625,9 +628,8 @@ impl Standalone {
     fn submit(&self, flink: &Flink, cfg: &FlinkConfig, args: &[String]) -> Result<String> {
         let mut args = args.to_vec();
         args.extend(["--submit".into(), format!("127.0.0.1:{}", self.rest_port)]);
-        let log4j = cfg.work_dir.join("log4j2.properties");
         let out = Command::new(java_path()?)
-            .args(flink.java_args(&["-Xmx256m".into()], &log4j, JOB_MAIN, &args))
+            .args(flink.java_args(&["-Xmx256m".into()], &cfg.work_dir, JOB_MAIN, &args))
             .output()
             .context("cannot run the Flink client")?;
         std::fs::write(
@@ -816,6 +818,7 @@ pub async fn run(flink: &Flink, cfg: &FlinkConfig) -> Result<FlinkReport> {
     let dir = cfg.work_dir.clone();
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("log4j2.properties"), LOG4J)?;
+    std::fs::create_dir_all(dir.join("java-tmp"))?;
     let (mut coordinator, port) = coordinator(cfg)?;
     let (mut blue_sidecar, blue_sock, blue_out) = sidecar(cfg, port, BLUE)?;
 

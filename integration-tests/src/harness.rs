@@ -48,6 +48,11 @@ pub struct Coordinator {
 impl Coordinator {
     /// Starts it and waits until it listens.
     pub fn start(dir: &Path, barrier: Barrier) -> Result<Self> {
+        Self::start_logging_to(dir, barrier, &dir.join("coordinator.log"))
+    }
+
+    /// [`Coordinator::start`], logging to `log` (say `/dev/full`, where every write fails).
+    pub fn start_logging_to(dir: &Path, barrier: Barrier, log: &Path) -> Result<Self> {
         let port = free_port()?;
         let args: Vec<String> = [
             "--listen",
@@ -71,7 +76,7 @@ impl Coordinator {
         ]
         .map(String::from)
         .to_vec();
-        let log = dir.join("coordinator.log");
+        let log = log.to_path_buf();
         let proc = Proc::spawn("coordinator", &binary("coordinator")?, &args, &log)?;
         wait_for_tcp(([127, 0, 0, 1], port).into(), Duration::from_secs(20))?;
         Ok(Self {
@@ -107,6 +112,20 @@ pub fn start_sidecar(
     log_name: &str,
     extra: &[String],
 ) -> Result<(Proc, PathBuf)> {
+    let log = dir.join(format!("{log_name}.log"));
+    start_sidecar_logging_to(dir, port, pipeline, deployment, (log_name, &log), extra)
+}
+
+/// [`start_sidecar`], logging to `log.1` (say `/dev/full`, where every write fails) under the
+/// process name `log.0`.
+pub fn start_sidecar_logging_to(
+    dir: &Path,
+    port: u16,
+    pipeline: &str,
+    deployment: &str,
+    log: (&str, &Path),
+    extra: &[String],
+) -> Result<(Proc, PathBuf)> {
     let socket = dir.join(format!("{deployment}.sock"));
     let mut args: Vec<String> = [
         "--coordinator",
@@ -127,12 +146,7 @@ pub fn start_sidecar(
     .map(String::from)
     .to_vec();
     args.extend(extra.iter().cloned());
-    let proc = Proc::spawn(
-        log_name,
-        &binary("gate-sidecar")?,
-        &args,
-        &dir.join(format!("{log_name}.log")),
-    )?;
+    let proc = Proc::spawn(log.0, &binary("gate-sidecar")?, &args, log.1)?;
     wait_for_unix(&socket, Duration::from_secs(20))?;
     Ok((proc, socket))
 }

@@ -65,7 +65,16 @@ impl Broker {
             "memory://tansu/",
         ]
         .map(String::from);
-        let proc = Proc::spawn("tansu", &tansu_binary()?, &args, &dir.join("tansu.log"))?;
+        // tansu logs every span at info (about 280 MB for the 100,000-record test), so warnings
+        // only unless SLUICE_TANSU_LOG asks for more.
+        let level = std::env::var("SLUICE_TANSU_LOG").unwrap_or("warn".into());
+        let proc = Proc::spawn_logging(
+            "tansu",
+            &tansu_binary()?,
+            &args,
+            &dir.join("tansu.log"),
+            &level,
+        )?;
         wait_for_tcp(([127, 0, 0, 1], port).into(), Duration::from_secs(20))
             .context("tansu did not start")?;
         Ok(Self {

@@ -74,15 +74,25 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Spawns `program args`, stderr and stdout appended to `log`.
+    /// Spawns `program args`, stderr and stdout appended to `log`, `RUST_LOG` from
+    /// `SLUICE_CHILD_LOG` (default `info`).
     pub fn spawn(name: &str, program: &Path, args: &[String], log: &Path) -> Result<Self> {
+        let level = std::env::var("SLUICE_CHILD_LOG").unwrap_or("info".into());
+        Self::spawn_logging(name, program, args, log, &level)
+    }
+
+    /// [`Proc::spawn`] with `RUST_LOG=level`.
+    pub fn spawn_logging(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        level: &str,
+    ) -> Result<Self> {
         let out = File::options().create(true).append(true).open(log)?;
         let child = Command::new(program)
             .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("SLUICE_CHILD_LOG").unwrap_or("info".into()),
-            )
+            .env("RUST_LOG", level)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)

@@ -70,6 +70,9 @@ pub struct ScenarioConfig {
     pub work_dir: PathBuf,
     /// Send admitted records to this Kafka topic instead of the JSON-lines files.
     pub kafka: Option<KafkaOutput>,
+    /// Where the coordinator and the sidecars log instead of `work_dir/<name>.log` (a test
+    /// passes `/dev/full` to show a failing log write loses nothing).
+    pub log_to: Option<PathBuf>,
 }
 
 /// A Kafka topic the sidecars write to (it must exist).
@@ -107,6 +110,7 @@ impl ScenarioConfig {
             seed: 7,
             work_dir: work_dir.into(),
             kafka: None,
+            log_to: None,
         }
     }
 }
@@ -331,6 +335,7 @@ fn sidecar(
     port: u16,
     deployment: &str,
     kafka: Option<&KafkaOutput>,
+    log_to: Option<&Path>,
 ) -> Result<(Proc, PathBuf, PathBuf)> {
     let output = dir.join(format!("{deployment}.jsonl"));
     let sink: Vec<String> = match kafka {
@@ -344,8 +349,15 @@ fn sidecar(
         .map(String::from)
         .to_vec(),
     };
-    let (proc, socket) =
-        harness::start_sidecar(dir, port, PIPELINE, deployment, deployment, &sink)?;
+    let log = log_to.map_or_else(|| dir.join(format!("{deployment}.log")), Path::to_path_buf);
+    let (proc, socket) = harness::start_sidecar_logging_to(
+        dir,
+        port,
+        PIPELINE,
+        deployment,
+        (deployment, &log),
+        &sink,
+    )?;
     Ok((proc, socket, output))
 }
 
@@ -455,10 +467,18 @@ pub async fn run(cfg: &ScenarioConfig) -> Result<Report> {
         max_lag_ms: cfg.max_lag_ms,
         prepare_timeout: Duration::from_secs(2),
     };
-    let coordinator = Arc::new(Mutex::new(Coordinator::start(&dir, barrier)?));
+    let log_to = cfg.log_to.as_deref();
+    let coordinator_log = log_to.map_or_else(|| dir.join("coordinator.log"), Path::to_path_buf);
+    let coordinator = Arc::new(Mutex::new(Coordinator::start_logging_to(
+        &dir,
+        barrier,
+        &coordinator_log,
+    )?));
     let port = coordinator.lock().expect("not poisoned").port;
-    let (mut blue_proc, blue_sock, blue_out) = sidecar(&dir, port, BLUE, cfg.kafka.as_ref())?;
-    let (mut green_proc, green_sock, green_out) = sidecar(&dir, port, GREEN, cfg.kafka.as_ref())?;
+    let (mut blue_proc, blue_sock, blue_out) =
+        sidecar(&dir, port, BLUE, cfg.kafka.as_ref(), log_to)?;
+    let (mut green_proc, green_sock, green_out) =
+        sidecar(&dir, port, GREEN, cfg.kafka.as_ref(), log_to)?;
 
     let times = Arc::new(event_times(cfg));
     let live_start = Instant::now();

@@ -45,7 +45,9 @@ pub fn init_tracing() {
 
 #[derive(Default)]
 struct FakeState {
-    reports: Mutex<Vec<GateReport>>,
+    /// Each report with the number of the attach (stream) it came on, counting from 0.
+    reports: Mutex<Vec<(usize, GateReport)>>,
+    attaches: std::sync::atomic::AtomicUsize,
     assignment: Mutex<Option<GateAssignment>>,
     streams: Mutex<Vec<mpsc::Sender<Result<GateCommand, Status>>>>,
 }
@@ -70,9 +72,12 @@ impl GateControl for FakeService {
         }
         self.0.streams.lock().unwrap().push(tx);
         let state = self.0.clone();
+        let attach = state
+            .attaches
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(async move {
             while let Ok(Some(report)) = inbound.message().await {
-                state.reports.lock().unwrap().push(report);
+                state.reports.lock().unwrap().push((attach, report));
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -152,7 +157,28 @@ impl FakeCoordinator {
 
     /// Every report received so far.
     pub fn reports(&self) -> Vec<GateReport> {
-        self.state.reports.lock().unwrap().clone()
+        let reports = self.state.reports.lock().unwrap();
+        reports.iter().map(|(_, r)| r.clone()).collect()
+    }
+
+    /// How many streams have attached so far.
+    pub fn attaches(&self) -> usize {
+        self.state
+            .attaches
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Progress reports that came on the `first`-th attach (counting from 0) or a later one.
+    pub fn progress_since_attach(&self, first: usize) -> Vec<v1::GateProgress> {
+        let reports = self.state.reports.lock().unwrap();
+        reports
+            .iter()
+            .filter(|(attach, _)| *attach >= first)
+            .filter_map(|(_, r)| match &r.kind {
+                Some(gate_report::Kind::Progress(p)) => Some(*p),
+                _ => None,
+            })
+            .collect()
     }
 
     pub fn hellos(&self) -> Vec<v1::GateHello> {
