@@ -18,7 +18,8 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, Timestamp, TopicPartitionList};
 use sluice_gate_sidecar::sink::kafka::{KafkaSettings, KafkaSink, parse_option};
-use sluice_proto::v1::{self, ClientFrame, ErrorCode, client_frame};
+use sluice_gate_sidecar::{SidecarError, SinkError};
+use sluice_proto::v1::{self, ClientFrame, ErrorCode, ServerFrame, client_frame, server_frame};
 
 const TOPIC: &str = "orders";
 const PARTITIONS: i32 = 4;
@@ -278,6 +279,46 @@ async fn an_undeliverable_record_fails_its_channel_and_the_sidecar_goes_on() {
     // The failed records were never acknowledged to the client, so it resent them; Kafka holds
     // each once because the first attempt never reached it.
     assert_exact(&read, 20);
+}
+
+/// The broker answers the head-of-line produce request with OUT_OF_ORDER_SEQUENCE_NUMBER: the
+/// idempotent producer can no longer tell what Kafka holds, and librdkafka raises a fatal
+/// error. Nothing after it may be acknowledged; the sidecar stops with the error, so its
+/// container restarts with a fresh producer and the clients replay what was never acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_producer_error_acks_nothing_more_and_stops_the_sidecar() {
+    let mock = cluster();
+    let bootstrap = mock.bootstrap_servers();
+    let (_coord, sidecar) = sidecar(&bootstrap, &[]).await;
+    let mut ch = sidecar.channel("0").await;
+    send(&mut ch, 0..10).await;
+    ch.flush(1).await;
+    assert_eq!(ch.expect_ack(1).await.admitted, 10);
+
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+    );
+    send(&mut ch, 10..20).await;
+    ch.flush(2).await;
+    match ch.next(PATIENCE).await {
+        // Which comes first (the failed delivery or the stop) is a race; both refuse the ack.
+        Ok(Some(ServerFrame {
+            kind: Some(server_frame::Kind::Error(e)),
+        })) => assert!(
+            matches!(e.code(), ErrorCode::SinkFailed | ErrorCode::ShuttingDown),
+            "{e:?}"
+        ),
+        Ok(None) => {}
+        other => panic!("expected an error or a closed channel, got {other:?}"),
+    }
+
+    match sidecar.finished().await {
+        Err(SidecarError::Sink(SinkError::Fatal(reason))) => {
+            assert!(reason.contains("OutOfOrderSequenceNumber"), "{reason}")
+        }
+        other => panic!("expected the sidecar to stop with the fatal error, got {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

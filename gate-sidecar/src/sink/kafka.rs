@@ -40,7 +40,6 @@ use rdkafka::producer::{
 use rdkafka::util::Timeout;
 use thiserror::Error;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use super::{AckSender, BatchAck, Sink, SinkBatch, SinkError, SinkRecord};
 
@@ -281,7 +280,10 @@ const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// librdkafka's callbacks: deliveries, errors and logs.
 struct Callbacks {
     slots: Arc<Slots>,
-    fatal: CancellationToken,
+    /// Woken on every client error, so [`KafkaSink::fatal`] can ask the client whether it was
+    /// fatal: the error event carries the underlying code (say OUT_OF_ORDER_SEQUENCE_NUMBER),
+    /// not `Fatal`, and the context has no client handle to ask.
+    error_seen: Notify,
     /// Last logged transient error: its code and when, and how many were not logged since.
     last_error: Mutex<Option<(Option<RDKafkaErrorCode>, Instant, u64)>>,
 }
@@ -304,25 +306,22 @@ impl ClientContext for Callbacks {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            tracing::error!(%error, reason, "fatal Kafka producer error; the sidecar will stop");
-            self.fatal.cancel();
-        } else {
-            // Transient (broker down, connection refused...): librdkafka retries by itself.
-            let code = error.rdkafka_error_code();
-            let mut last = self
-                .last_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            match &mut *last {
-                Some((c, at, suppressed)) if *c == code && at.elapsed() < ERROR_LOG_INTERVAL => {
-                    *suppressed += 1;
-                }
-                _ => {
-                    let suppressed = last.map_or(0, |(_, _, n)| n);
-                    tracing::warn!(%error, reason, suppressed, "Kafka client error (retrying)");
-                    *last = Some((code, Instant::now(), 0));
-                }
+        self.error_seen.notify_one();
+        // Mostly transient (broker down, connection refused...): librdkafka retries by itself.
+        // A fatal one is reported by `KafkaSink::fatal`.
+        let code = error.rdkafka_error_code();
+        let mut last = self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match &mut *last {
+            Some((c, at, suppressed)) if *c == code && at.elapsed() < ERROR_LOG_INTERVAL => {
+                *suppressed += 1;
+            }
+            _ => {
+                let suppressed = last.map_or(0, |(_, _, n)| n);
+                tracing::warn!(%error, reason, suppressed, "Kafka client error");
+                *last = Some((code, Instant::now(), 0));
             }
         }
     }
@@ -349,7 +348,6 @@ impl ProducerContext for Callbacks {
 pub struct KafkaSink {
     producer: Arc<ThreadedProducer<Callbacks>>,
     slots: Arc<Slots>,
-    fatal: CancellationToken,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -374,10 +372,9 @@ impl KafkaSink {
             .filter(|&n| n > 0)
             .unwrap_or(100_000);
         let slots = Arc::new(Slots::new(max));
-        let fatal = CancellationToken::new();
         let callbacks = Callbacks {
             slots: slots.clone(),
-            fatal: fatal.clone(),
+            error_seen: Notify::new(),
             last_error: Mutex::new(None),
         };
         let producer = config
@@ -392,7 +389,6 @@ impl KafkaSink {
         Ok(Self {
             producer: Arc::new(producer),
             slots,
-            fatal,
         })
     }
 
@@ -409,18 +405,20 @@ impl KafkaSink {
 
     /// Completes when the producer hit a fatal error and can deliver nothing more.
     pub async fn fatal(&self) -> SinkError {
-        self.fatal.cancelled().await;
-        self.fatal_error()
+        loop {
+            // An error between the check and the wait leaves a permit: nothing is missed.
+            if let Some(e) = self.fatal_now() {
+                tracing::error!(error = %e, "fatal Kafka producer error; the sidecar will stop");
+                return e;
+            }
+            self.producer.context().error_seen.notified().await;
+        }
     }
 
-    fn fatal_error(&self) -> SinkError {
-        let reason = self
-            .producer
-            .client()
-            .fatal_error()
-            .map(|(code, reason)| format!("{code}: {reason}"))
-            .unwrap_or_else(|| "unknown".to_owned());
-        SinkError::Fatal(reason)
+    /// The client's fatal error, if it has one.
+    fn fatal_now(&self) -> Option<SinkError> {
+        let (code, reason) = self.producer.client().fatal_error()?;
+        Some(SinkError::Fatal(format!("{code}: {reason}")))
     }
 
     /// Enqueues one record, retrying while librdkafka's byte bound is reached.
@@ -455,7 +453,9 @@ impl KafkaSink {
                     tokio::time::sleep(QUEUE_FULL_PAUSE).await;
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::Fatal), _)) => {
-                    return Err(self.fatal_error());
+                    return Err(self
+                        .fatal_now()
+                        .unwrap_or_else(|| SinkError::Fatal("no reason given".to_owned())));
                 }
                 Err((error, _)) => {
                     return Err(SinkError::Produce {

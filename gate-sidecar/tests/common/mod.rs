@@ -465,6 +465,14 @@ impl Sidecar {
         }
     }
 
+    /// Waits for `run` to return by itself (no shutdown asked).
+    pub async fn finished(mut self) -> Result<(), SidecarError> {
+        tokio::time::timeout(PATIENCE, self.task.take().unwrap())
+            .await
+            .expect("sidecar stops by itself in time")
+            .expect("sidecar task did not panic")
+    }
+
     /// Triggers shutdown and waits for `run` to return.
     pub async fn stop(mut self) -> Result<(), SidecarError> {
         let _ = self.stop.take().unwrap().send(());
