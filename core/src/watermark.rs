@@ -3,6 +3,13 @@
 //! A channel is idle when the client said so, or when it sent no record and no watermark for
 //! `idle_timeout_ms`. Idle channels are excluded from the gate watermark until they speak again.
 //!
+//! A busy channel is never idle either: one the sidecar has undelivered records of, or has
+//! stopped reading (backpressure). Its silence is the sidecar's doing, not the client's having
+//! nothing to say, and a drain that skipped it would complete with its records below the
+//! barrier undelivered (a broker outage long enough would hand the outgoing deployment over to
+//! a teardown with its last records still in the sidecar). The idle timeout starts again when
+//! it stops being busy.
+//!
 //! A channel whose connection closed is never idle: it keeps counting with its last watermark
 //! until a channel with the same id opens again (a restarted sink subtask) or
 //! `closed_expiry_ms` passes. A crashed or restarting sink subtask will replay from its
@@ -24,11 +31,14 @@ struct ChannelClock {
     connections: u32,
     /// When the last connection closed; `None` while one is open.
     closed_at_ms: Option<u64>,
+    /// The sidecar has work outstanding for it (see the module docs).
+    busy: bool,
 }
 
 impl ChannelClock {
     fn idle(&self, now_ms: u64, idle_timeout_ms: u64) -> bool {
         self.closed_at_ms.is_none()
+            && !self.busy
             && (self.idle_marked || now_ms.saturating_sub(self.last_active_ms) >= idle_timeout_ms)
     }
 
@@ -79,6 +89,7 @@ impl WatermarkTracker {
                 idle_marked: false,
                 connections: 0,
                 closed_at_ms: None,
+                busy: false,
             });
         c.last_active_ms = now_ms;
         c.idle_marked = false;
@@ -119,12 +130,24 @@ impl WatermarkTracker {
         }
     }
 
+    /// The sidecar has (or no longer has) work outstanding for the channel: while busy it is not
+    /// idle, and its idle timeout starts again when it stops being busy.
+    pub fn set_busy(&mut self, channel: &str, busy: bool, now_ms: u64) {
+        if let Some(c) = self.channels.get_mut(channel) {
+            if c.busy && !busy {
+                c.last_active_ms = now_ms;
+            }
+            c.busy = busy;
+        }
+    }
+
     /// The channel's connection closed; it keeps counting until it opens again or expires.
     pub fn on_close(&mut self, channel: &str, now_ms: u64) {
         if let Some(c) = self.channels.get_mut(channel) {
             c.connections = c.connections.saturating_sub(1);
             if c.connections == 0 {
                 c.closed_at_ms = Some(now_ms);
+                c.busy = false;
             }
         }
     }
@@ -143,6 +166,7 @@ impl WatermarkTracker {
                 idle_marked: false,
                 connections: 0,
                 closed_at_ms: Some(now_ms),
+                busy: false,
             });
     }
 
@@ -220,6 +244,29 @@ mod tests {
         // b comes back with a record: it counts again, with its old watermark.
         t.on_record("b", 1_700);
         assert_eq!(t.clock(1_700).watermark, Some(50));
+    }
+
+    #[test]
+    fn a_busy_channel_is_never_idle_and_its_timeout_restarts_after() {
+        let mut t = WatermarkTracker::new(100, 60_000);
+        t.on_watermark("a", 7, 0);
+        t.on_watermark("b", 9, 0);
+        t.on_watermark("c", 5, 0);
+        t.set_busy("a", true, 10);
+        t.set_busy("c", true, 10);
+        t.on_idle("c");
+        // Silent far past the timeout (a), or marked idle by the client (c), but busy: both
+        // count; only b is idle.
+        let c = t.clock(1_000);
+        assert_eq!((c.watermark, c.idle_channels), (Some(5), 1));
+        t.set_busy("a", false, 1_000);
+        t.set_busy("c", false, 1_000);
+        assert!(!t.is_idle("a", 1_050), "the timeout starts again");
+        assert!(t.is_idle("a", 1_100));
+        assert!(
+            t.is_idle("c", 1_000),
+            "the client's mark holds once not busy"
+        );
     }
 
     #[test]

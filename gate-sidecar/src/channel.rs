@@ -37,6 +37,9 @@ const PROTOCOL_VERSION: u32 = 1;
 const MAX_PENDING_FLUSHES: usize = 1024;
 /// Sink batches awaiting their ack before the channel stops reading (bounds the ack queue).
 const MAX_IN_FLIGHT_BATCHES: usize = 256;
+/// Watermarks waiting for the records before them to be delivered; more are merged into the
+/// newest (which only delays it: a later watermark with a later mark is always safe).
+const MAX_PENDING_WATERMARKS: usize = 64;
 /// How long a closing channel tries to deliver its `Error` frame.
 const ERROR_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a closing channel keeps reading (and discarding) so the client can read the
@@ -328,6 +331,12 @@ struct Channel<S> {
     /// Records dropped.
     dropped: u64,
     in_flight: VecDeque<InFlight>,
+    /// Watermarks not yet applied: `(watermark, records received before it)`. A watermark
+    /// vouches that nothing more below it will come; the gate may only count it once every
+    /// record before it is delivered, or a drain could complete with them still in the sink.
+    pending_watermarks: VecDeque<(i64, u64)>,
+    /// Whether the gate's tracker was last told this channel is busy (see `report_busy`).
+    busy_reported: bool,
     /// Flushes not yet answered: `(seq, records received before it)`.
     flushes: VecDeque<(u64, u64)>,
     changes: tokio::sync::watch::Receiver<u64>,
@@ -350,6 +359,8 @@ impl<S: Sink> Channel<S> {
             admitted: 0,
             dropped: 0,
             in_flight: VecDeque::new(),
+            pending_watermarks: VecDeque::new(),
+            busy_reported: false,
             flushes: VecDeque::new(),
             changes,
         }
@@ -376,6 +387,7 @@ impl<S: Sink> Channel<S> {
         let mut reading = true;
         let mut stopping = false;
         loop {
+            self.apply_watermarks();
             self.answer_flushes(framed).await?;
             if stopping && self.in_flight.is_empty() {
                 return Err(ChannelError::ShuttingDown);
@@ -389,6 +401,7 @@ impl<S: Sink> Channel<S> {
                 && !self.queue.is_full()
                 && self.flushes.len() < MAX_PENDING_FLUSHES
                 && self.in_flight.len() < MAX_IN_FLIGHT_BATCHES;
+            self.report_busy(!can_read);
             let in_flight = &mut self.in_flight;
             // Biased: shutdown first, then acks (they free in-flight slots and answer flushes)
             // before new work.
@@ -442,10 +455,17 @@ impl<S: Sink> Channel<S> {
                 self.decide(records).await?;
             }
             Some(client_frame::Kind::Watermark(w)) => {
-                self.gate
-                    .lock()
-                    .tracker
-                    .on_watermark(&self.id, w.watermark_ms, now);
+                if self.delivered(self.received) {
+                    self.gate
+                        .lock()
+                        .tracker
+                        .on_watermark(&self.id, w.watermark_ms, now);
+                } else if self.pending_watermarks.len() < MAX_PENDING_WATERMARKS {
+                    self.pending_watermarks
+                        .push_back((w.watermark_ms, self.received));
+                } else if let Some(newest) = self.pending_watermarks.back_mut() {
+                    *newest = (newest.0.max(w.watermark_ms), self.received);
+                }
             }
             Some(client_frame::Kind::Idle(_)) => self.gate.lock().tracker.on_idle(&self.id),
             Some(client_frame::Kind::Flush(f)) => self.flushes.push_back((f.seq, self.received)),
@@ -491,6 +511,12 @@ impl<S: Sink> Channel<S> {
                 });
             self.decided += decided as u64;
             self.dropped += dropped;
+            if !records.is_empty() && !self.busy_reported {
+                // Before the sink may make this task wait: records of this channel are now
+                // undelivered, so its silence from here on is not the client's.
+                state.tracker.set_busy(&self.id, true, now);
+                self.busy_reported = true;
+            }
         }
         if records.is_empty() {
             return Ok(());
@@ -515,6 +541,45 @@ impl<S: Sink> Channel<S> {
         Ok(())
     }
 
+    /// Whether every record before index `mark` is decided and, if admitted, acknowledged.
+    fn delivered(&self, mark: u64) -> bool {
+        self.decided >= mark && self.in_flight.front().is_none_or(|b| b.first >= mark)
+    }
+
+    /// Hands the gate every pending watermark whose records are all delivered.
+    fn apply_watermarks(&mut self) {
+        let mut due = None;
+        while let Some(&(watermark, mark)) = self.pending_watermarks.front() {
+            if !self.delivered(mark) {
+                break;
+            }
+            self.pending_watermarks.pop_front();
+            due = Some(watermark);
+        }
+        if let Some(watermark) = due {
+            let now = self.gate.now_ms();
+            self.gate
+                .lock()
+                .tracker
+                .on_watermark(&self.id, watermark, now);
+        }
+    }
+
+    /// Tells the gate's tracker whether the sidecar has work outstanding for this channel
+    /// (held or undelivered records, watermarks waiting on them, or not reading it), when
+    /// that changed: a busy channel is never idle.
+    fn report_busy(&mut self, not_reading: bool) {
+        let busy = not_reading
+            || !self.queue.is_empty()
+            || !self.in_flight.is_empty()
+            || !self.pending_watermarks.is_empty();
+        if busy != self.busy_reported {
+            let now = self.gate.now_ms();
+            self.gate.lock().tracker.set_busy(&self.id, busy, now);
+            self.busy_reported = busy;
+        }
+    }
+
     /// Sends every `FlushAck` whose records are all decided and acknowledged, in order.
     async fn answer_flushes<IO>(
         &mut self,
@@ -524,9 +589,7 @@ impl<S: Sink> Channel<S> {
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         while let Some(&(seq, mark)) = self.flushes.front() {
-            let decided = self.decided >= mark;
-            let acked = self.in_flight.front().is_none_or(|b| b.first >= mark);
-            if !(decided && acked) {
+            if !self.delivered(mark) {
                 break;
             }
             self.flushes.pop_front();

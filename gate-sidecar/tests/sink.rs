@@ -323,3 +323,60 @@ async fn channels_also_work_over_loopback_tcp() {
     task.await.unwrap().unwrap();
     assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 1);
 }
+
+/// A watermark vouches that nothing more below it will come, so the gate counts it only once
+/// every record before it is delivered; and a channel whose records the sink has not yet taken
+/// is never idle, however long it is silent. Otherwise a drain could complete while a broker
+/// outage keeps the outgoing deployment's last records below the barrier in the sidecar, and
+/// the deployment be torn down with them.
+#[tokio::test]
+async fn a_watermark_counts_only_once_the_records_before_it_are_delivered() {
+    let coord = FakeCoordinator::start(Some(active(1, 0))).await;
+    let sink = TestSink::default();
+    let sidecar =
+        Sidecar::start_with_sink(&coord.url(), &["--idle-timeout", "300ms"], sink.clone()).await;
+    let mut c = sidecar.channel("0").await;
+    let watermark = |ms| client_frame::Kind::Watermark(v1::Watermark { watermark_ms: ms });
+    c.send(watermark(100)).await;
+    coord
+        .wait_until("the first watermark, nothing undelivered", |c| {
+            c.progress()
+                .last()
+                .is_some_and(|p| p.watermark_ms == Some(100))
+        })
+        .await;
+
+    *sink.mode.lock().unwrap() = Mode::Park;
+    c.records(&[150, 160]).await;
+    c.send(watermark(500)).await;
+    // Well past the idle timeout, with the two records still in the sink's hands.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let since = coord.progress().len();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let recent = coord.progress();
+    assert!(recent.len() > since, "progress keeps coming");
+    for p in &recent[since..] {
+        assert_eq!(
+            (p.channels, p.idle_channels, p.watermark_ms),
+            (1, 0, Some(100)),
+            "an undelivered channel turned idle or moved its watermark: {p:?}"
+        );
+    }
+
+    for tx in sink.parked.lock().unwrap().drain(..) {
+        tx.complete(Ok(()));
+    }
+    coord
+        .wait_until("the watermark once the records are delivered", |c| {
+            c.progress()
+                .last()
+                .is_some_and(|p| p.watermark_ms == Some(500) && p.idle_channels == 0)
+        })
+        .await;
+    // With nothing outstanding, silence makes it idle again after the timeout.
+    coord
+        .wait_until("idle once silent with nothing outstanding", |c| {
+            c.progress().last().is_some_and(|p| p.idle_channels == 1)
+        })
+        .await;
+}
