@@ -74,7 +74,9 @@ pub struct Config {
     #[arg(long, env = "SLUICE_MIN_GATES", default_value_t = 1)]
     pub min_gates: u32,
 
-    /// A gate disconnected this long is forgotten (no longer blocks votes or the drain).
+    /// A gate disconnected this long is forgotten (no longer blocks votes or the drain). Gates
+    /// get half of it as their lease: a sidecar that hears nothing from the coordinator for that
+    /// long holds every record until it is assigned again. At least 6 heartbeat intervals.
     #[arg(long, env = "SLUICE_GATE_EXPIRY", default_value = "2m", value_parser = humantime::parse_duration)]
     pub gate_expiry: Duration,
 
@@ -257,6 +259,17 @@ pub enum ConfigError {
     /// An interval that drives a timer is zero.
     #[error("--{0} must be greater than zero")]
     ZeroInterval(&'static str),
+    /// The gate lease (half the gate expiry) would not outlast a few missed heartbeats.
+    #[error(
+        "--gate-expiry ({expiry}) must be at least 6 times --heartbeat-interval ({heartbeat}): \
+         gates fence themselves after half the expiry without a word from the coordinator"
+    )]
+    LeaseTooShort {
+        /// The gate expiry given.
+        expiry: String,
+        /// The heartbeat interval given.
+        heartbeat: String,
+    },
     /// A duration does not fit in the millisecond fields of the protocol.
     #[error("--{0} is too large")]
     TooLarge(&'static str),
@@ -292,6 +305,12 @@ impl Config {
             if d.is_zero() {
                 return Err(ConfigError::ZeroInterval(name));
             }
+        }
+        if self.gate_expiry < self.heartbeat_interval * 6 {
+            return Err(ConfigError::LeaseTooShort {
+                expiry: humantime::format_duration(self.gate_expiry).to_string(),
+                heartbeat: humantime::format_duration(self.heartbeat_interval).to_string(),
+            });
         }
         self.options()?;
         self.default_settings()?
@@ -472,6 +491,12 @@ impl Config {
         })
     }
 
+    /// The lease every gate gets: half the gate expiry, so a gate cut off from the coordinator
+    /// fences itself well before the coordinator forgets it.
+    pub fn gate_lease(&self) -> Duration {
+        self.gate_expiry / 2
+    }
+
     /// Behaviour that is not per cutover.
     pub fn options(&self) -> Result<PipelineOptions, ConfigError> {
         Ok(PipelineOptions {
@@ -583,6 +608,14 @@ mod tests {
             Err(ConfigError::StateDirMissing(_))
         ));
         assert!(Config::try_parse_from(["coordinator", "--margin", "soon"]).is_err());
+        let err = parse(&["--gate-expiry", "5s", "--heartbeat-interval", "1s"])
+            .validate()
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::LeaseTooShort { .. }), "{err}");
+        assert!(err.to_string().contains("--gate-expiry (5s)"), "{err}");
+        let ok = parse(&["--gate-expiry", "6s", "--heartbeat-interval", "1s"]);
+        ok.validate().unwrap();
+        assert_eq!(ok.gate_lease(), std::time::Duration::from_secs(3));
     }
 
     #[test]

@@ -27,15 +27,24 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) struct GateService {
     engine: EngineHandle,
     heartbeat: Duration,
+    /// The lease every command grants (`GateCommand.lease_ms`).
+    lease: Duration,
     stop: CancellationToken,
 }
 
 impl GateService {
-    /// A service feeding `engine`; sessions end when `stop` fires.
-    pub(crate) fn new(engine: EngineHandle, heartbeat: Duration, stop: CancellationToken) -> Self {
+    /// A service feeding `engine`, heartbeating idle streams and granting `lease` with every
+    /// command; sessions end when `stop` fires.
+    pub(crate) fn new(
+        engine: EngineHandle,
+        heartbeat: Duration,
+        lease: Duration,
+        stop: CancellationToken,
+    ) -> Self {
         Self {
             engine,
             heartbeat,
+            lease,
             stop,
         }
     }
@@ -119,6 +128,7 @@ impl GateControl for GateService {
             ident,
             conn: attached.conn,
             heartbeat: self.heartbeat,
+            lease_ms: u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX),
             stop: self.stop.clone(),
             out,
         };
@@ -133,6 +143,7 @@ struct Session {
     ident: GateIdent,
     conn: u64,
     heartbeat: Duration,
+    lease_ms: u64,
     stop: CancellationToken,
     out: mpsc::Sender<Result<v1::GateCommand, Status>>,
 }
@@ -166,7 +177,10 @@ impl Session {
     }
 
     async fn send(&self, kind: gate_command::Kind) -> bool {
-        let cmd = v1::GateCommand { kind: Some(kind) };
+        let cmd = v1::GateCommand {
+            kind: Some(kind),
+            lease_ms: self.lease_ms,
+        };
         self.out.send(Ok(cmd)).await.is_ok()
     }
 

@@ -273,8 +273,12 @@ impl Coordinator {
             result
         });
 
-        let gates =
-            gate_service::GateService::new(handle.clone(), config.heartbeat_interval, stop.clone());
+        let gates = gate_service::GateService::new(
+            handle.clone(),
+            config.heartbeat_interval,
+            config.gate_lease(),
+            stop.clone(),
+        );
         let cutover = cutover_service::CutoverService::new(handle, defaults, stop.clone());
         let (health, health_service) = tonic_health::server::health_reporter();
         health

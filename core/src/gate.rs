@@ -146,6 +146,8 @@ pub enum Applied {
 #[derive(Debug, Clone, Default)]
 pub struct GateCore {
     assignment: Option<Assignment>,
+    /// The oldest assignment version still acceptable: the one in force before a fence.
+    min_version: u64,
     high_mark: Option<EventTime>,
     /// The vote given for the current prepared epoch: a yes stays yes, a no stays no.
     vote: Option<Vote>,
@@ -172,6 +174,18 @@ impl GateCore {
         }
     }
 
+    /// The gate lost its lease (no word from the coordinator for the lease time): it forgets its
+    /// assignment and holds every record, as at start, until the coordinator assigns it again.
+    /// The coordinator forgets a gate it has not heard from for its gate expiry, longer than the
+    /// lease, and may then complete a cutover without it; a gate still admitting under its old
+    /// assignment then would duplicate or lose records. The high mark and the vote stay, and
+    /// the same or a newer assignment version is accepted again.
+    pub fn fence(&mut self) {
+        if let Some(a) = self.assignment.take() {
+            self.min_version = a.version;
+        }
+    }
+
     /// The assignment in force, if any.
     pub fn assignment(&self) -> Option<&Assignment> {
         self.assignment.as_ref()
@@ -189,9 +203,8 @@ impl GateCore {
 
     /// Applies an assignment from the coordinator; returns the vote when it is a prepare.
     pub fn apply(&mut self, next: Assignment) -> Applied {
-        if let Some(cur) = &self.assignment
-            && next.version < cur.version
-        {
+        let floor = self.assignment.map_or(self.min_version, |cur| cur.version);
+        if next.version < floor {
             return Applied::Stale;
         }
         self.assignment = Some(next);
@@ -295,6 +308,41 @@ mod tests {
             barrier: T,
             committed,
         }
+    }
+
+    #[test]
+    fn a_fenced_gate_holds_everything_until_assigned_again_and_keeps_its_vote() {
+        let mut g = GateCore::new();
+        let prepared = Assignment {
+            version: 4,
+            epoch: 2,
+            admission: out(false),
+            late_policy: LatePolicy::Drop,
+        };
+        g.observe(900);
+        let Applied::Current { vote: Some(v) } = g.apply(prepared) else {
+            panic!("a prepare gets a vote")
+        };
+        assert!(v.yes);
+        assert_eq!(g.decide(10), ADMIT);
+        g.fence();
+        assert!(g.assignment().is_none());
+        for ts in [10, T - 1, T, T + 1] {
+            assert_eq!(g.decide(ts), HOLD, "fenced: {ts} held");
+        }
+        // An older version is still stale; the same one is taken back, with the same vote.
+        let older = Assignment {
+            version: 3,
+            ..prepared
+        };
+        assert_eq!(g.apply(older), Applied::Stale);
+        g.observe(T + 5);
+        let Applied::Current { vote: Some(again) } = g.apply(prepared) else {
+            panic!("the same prepare again")
+        };
+        assert!(again.yes, "a yes stays yes across a fence");
+        assert_eq!(g.decide(10), ADMIT);
+        assert_eq!(g.decide(T), HOLD);
     }
 
     // --- the admission table, one test per cell -------------------------------------------

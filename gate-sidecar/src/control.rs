@@ -5,6 +5,10 @@
 //! reason the gate keeps its last assignment — an active gate keeps admitting, a standby keeps
 //! dropping, a prepared gate keeps holding — and the task reconnects with exponential backoff.
 //!
+//! Every command renews the gate's lease (see `lease`); when it runs out the gate fences itself
+//! and this task ends the session and attaches afresh, since the coordinator sends an assignment
+//! only on a change or an attach.
+//!
 //! With an `https://` coordinator every connection is TLS, verified against the configured CA
 //! file (read again for each connection, so a rotated CA is used from the next reconnect on)
 //! or the system roots. A TLS failure is one more reason for a session to end: same backoff,
@@ -60,6 +64,8 @@ enum ControlError {
     Ended,
     #[error("the report stream to the coordinator closed")]
     ReportsClosed,
+    #[error("the gate's lease ran out: attaching afresh to be assigned again")]
+    Fenced,
 }
 
 impl ControlError {
@@ -145,8 +151,13 @@ async fn attach(
 
     let mut tick = tokio::time::interval(settings.progress_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut fences = gate.watch_fences();
+    fences.borrow_and_update();
     loop {
         tokio::select! {
+            // A fenced gate has no assignment and the coordinator sends one only on a change
+            // or an attach: attach afresh.
+            _ = fences.changed() => return Err(ControlError::Fenced),
             cmd = commands.message() => match cmd {
                 Ok(Some(cmd)) => on_command(gate, cmd, &reports).await?,
                 Ok(None) => return Err(ControlError::Ended),
@@ -175,6 +186,7 @@ async fn on_command(
     cmd: v1::GateCommand,
     reports: &mpsc::Sender<v1::GateReport>,
 ) -> Result<(), ControlError> {
+    gate.renew_lease(cmd.lease_ms);
     match cmd.kind {
         Some(gate_command::Kind::Assign(wire)) => {
             let assignment = match assignment_from_wire(&wire) {

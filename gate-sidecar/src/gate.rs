@@ -11,7 +11,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sluice_core::gate::{Applied, Assignment, GateCore};
 use sluice_core::watermark::WatermarkTracker;
@@ -45,6 +45,24 @@ pub(crate) struct GateState {
     pub counters: Counters,
     /// The persisted ceiling of decided event times.
     pub ceiling: Ceiling,
+    /// The coordinator's lease: when it was last renewed and for how long (`None`: no lease).
+    pub lease: Option<Lease>,
+}
+
+/// A lease the coordinator granted with a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lease {
+    /// When the command that granted it arrived.
+    pub renewed: Instant,
+    /// How long it lasts from then.
+    pub length: Duration,
+}
+
+impl Lease {
+    /// When it runs out.
+    pub fn deadline(&self) -> Instant {
+        self.renewed + self.length
+    }
 }
 
 /// The shared gate.
@@ -59,6 +77,10 @@ pub(crate) struct Gate {
     channels_generation: AtomicU64,
     /// What the channel-list writer last managed, by generation.
     channels_written: watch::Sender<ListWrite>,
+    /// The lease as last renewed, for the lease watcher.
+    lease_renewed: watch::Sender<Option<Lease>>,
+    /// Bumped every time the gate fences itself, so the control task re-attaches.
+    fences: watch::Sender<u64>,
     started: Instant,
 }
 
@@ -87,11 +109,14 @@ impl Gate {
                 ceiling,
                 tracker: WatermarkTracker::new(idle_timeout_ms, closed_expiry_ms),
                 counters: Counters::default(),
+                lease: None,
             }),
             changes: watch::channel(0).0,
             channels_changed: Notify::new(),
             channels_generation: AtomicU64::new(0),
             channels_written: watch::channel(ListWrite::default()).0,
+            lease_renewed: watch::channel(None).0,
+            fences: watch::channel(0).0,
             started: Instant::now(),
         }
     }
@@ -196,6 +221,55 @@ impl Gate {
             }
         }
         applied
+    }
+
+    /// A command from the coordinator arrived granting `lease_ms` (0: no lease). Call before
+    /// applying what it carries, so a fence can never undo an assignment that came after it.
+    pub fn renew_lease(&self, lease_ms: u64) {
+        let lease = (lease_ms > 0).then(|| Lease {
+            renewed: Instant::now(),
+            length: Duration::from_millis(lease_ms),
+        });
+        self.lock().lease = lease;
+        self.lease_renewed.send_replace(lease);
+    }
+
+    /// The lease as last renewed, watched by the lease task.
+    pub fn watch_lease(&self) -> watch::Receiver<Option<Lease>> {
+        self.lease_renewed.subscribe()
+    }
+
+    /// Fences the gate if `seen` is still the lease in force and it has run out: the gate
+    /// forgets its assignment and holds every record (see `GateCore::fence`). Returns whether
+    /// it fenced.
+    pub fn fence_if_expired(&self, seen: Lease) -> bool {
+        let fenced = {
+            let mut state = self.lock();
+            if state.lease != Some(seen) || Instant::now() < seen.deadline() {
+                return false;
+            }
+            let version = state.core.assignment().map(|a| a.version);
+            state.core.fence();
+            version
+        };
+        let Some(version) = fenced else {
+            return false;
+        };
+        tracing::warn!(
+            lease = %humantime::format_duration(seen.length),
+            assignment_version = version,
+            "no word from the coordinator for the whole lease: it may have forgotten this gate \
+             and completed a cutover without it, so every record is held until it assigns this \
+             gate again"
+        );
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        self.fences.send_modify(|n| *n = n.wrapping_add(1));
+        true
+    }
+
+    /// A receiver that changes every time the gate fences itself.
+    pub fn watch_fences(&self) -> watch::Receiver<u64> {
+        self.fences.subscribe()
     }
 
     /// The version of the assignment in force; `None` for a fresh gate.

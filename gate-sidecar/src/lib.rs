@@ -14,7 +14,8 @@
 //! - `gate`: the shared gate state — core, watermark tracker, counters — behind one lock, so
 //!   deciding records and applying an assignment (with its prepare vote) are mutually atomic.
 //! - `counters`: the per-gate counters reported as progress.
-//! - `known_channels`: the gate's channel ids and watermarks on disk, for a restarted sidecar.
+//! - `known_channels`: the gate's channel ids on disk, for a restarted sidecar.
+//! - `lease`: fences the gate when the coordinator's lease runs out.
 //! - `channel`: one client connection: handshake, hold queue, backpressure, `Flush` acks,
 //!   protocol errors.
 //! - `control`: the `GateControl/Attach` client: hello, assignments, votes, progress,
@@ -35,6 +36,7 @@ mod counters;
 mod gate;
 mod health;
 mod known_channels;
+mod lease;
 mod server;
 pub mod sink;
 

@@ -322,6 +322,7 @@ pub async fn run_with_sink<S: Sink>(
             max_backoff: config.reconnect_max_backoff,
         },
     ));
+    let lease = tokio::spawn(crate::lease::enforce(gate.clone()));
 
     let stop = CancellationToken::new();
     let writer = tokio::spawn(persist_channels(
@@ -386,6 +387,7 @@ pub async fn run_with_sink<S: Sink>(
         channels.shutdown().await;
     }
     control.abort();
+    lease.abort();
     // Its last write reflects the channels as they closed.
     let _ = writer.await;
     if let Some(h) = health {

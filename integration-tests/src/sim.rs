@@ -41,6 +41,11 @@
 //! - A sidecar persists a high-mark ceiling before deciding a record above it and restarts with
 //!   [`GateCore::resume`]. A sidecar that restarts with [`GateCore::new`] votes yes on barriers
 //!   below records its predecessor already decided ([`SimConfig::forgetful_sidecars`]).
+//! - A sidecar that has not heard the coordinator for half its gate expiry (its lease) fences
+//!   itself: it forgets its assignment and holds everything until it is assigned again
+//!   ([`GateCore::fence`]); the coordinator forgets a gate disconnected for `gate_expiry_ms`
+//!   and may then complete a cutover without it. [`SimConfig::expiry_partitions`] makes some
+//!   partitions outlast the expiry; with [`SimConfig::no_lease`] as well, runs fail.
 //!
 //! Known gaps of the protocol the model exposes (counted, not failed, unless configured):
 //! - Idle outgoing channels are excluded from the drain, so "completed" does not mean the
@@ -48,9 +53,6 @@
 //!   backlog whatever the late policy ([`SimReport::idle_lost`]), and a rollback makes the
 //!   returning deployment drop its own backlog as the other's ([`SimReport::returning_idle_lost`]).
 //!   [`SimConfig::strict_idle`] fails such runs.
-//! - The coordinator forgets a gate disconnected for `gate_expiry_ms`, but a partitioned sidecar
-//!   keeps deciding under its last assignment. By default partitions end before expiry;
-//!   [`SimConfig::expiry_partitions`] lets them outlast it (and runs fail).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -98,10 +100,15 @@ pub struct SimConfig {
     /// records its predecessor already decided.
     pub forgetful_sidecars: bool,
     /// Let some gates' network partitions outlast the coordinator's gate expiry. An expired gate
-    /// no longer votes or holds up the drain, but a partitioned sidecar keeps deciding under its
-    /// last assignment (`DESIGN.md`: "an active gate keeps admitting"), which breaks
-    /// exactly-once; by default partitions end well before the gate would expire.
+    /// no longer votes or holds up the drain; the partitioned sidecar must have fenced itself by
+    /// then (see [`SimConfig::no_lease`]). By default partitions end well before the gate would
+    /// expire.
     pub expiry_partitions: bool,
+    /// Model sidecars without a lease: a gate cut off from the coordinator keeps its last
+    /// assignment however long (`DESIGN.md`'s "lost gRPC stream" rule as written). With
+    /// [`SimConfig::expiry_partitions`] this breaks exactly-once; the sidecar fences itself
+    /// (holds everything) half a gate expiry after it last heard the coordinator.
+    pub no_lease: bool,
 }
 
 impl Default for SimConfig {
@@ -115,6 +122,7 @@ impl Default for SimConfig {
             strict_idle: false,
             forgetful_sidecars: false,
             expiry_partitions: false,
+            no_lease: false,
         }
     }
 }
@@ -146,6 +154,8 @@ pub struct Faults {
     pub partitions: u32,
     /// Gates the coordinator forgot after `gate_expiry_ms` disconnected.
     pub expired_gates: u32,
+    /// Gates that lost their lease and fenced themselves (held everything until reassigned).
+    pub fences: u32,
 }
 
 /// What one successful run did.
@@ -371,6 +381,8 @@ struct Gate {
     ceiling: Option<EventTime>,
     /// No stream to the coordinator can be opened before this time (a network partition).
     partitioned_until: u64,
+    /// Commands received from the coordinator so far (each renews the lease).
+    heard: u64,
 }
 
 /// One gRPC `Attach` stream.
@@ -429,6 +441,12 @@ enum Ev {
     Partition {
         gate: usize,
         len: u64,
+    },
+    /// The lease of a gate that had heard `heard` commands when its stream broke runs out.
+    LeaseEnd {
+        gate: usize,
+        incarnation: u64,
+        heard: u64,
     },
     SidecarCrash {
         gate: usize,
@@ -755,6 +773,7 @@ impl<'a> Sim<'a> {
                     connect_gen: 0,
                     ceiling: None,
                     partitioned_until: 0,
+                    heard: 0,
                 };
                 for slot in 0..nch {
                     let end = match rng.random_range(0..4) {
@@ -1073,6 +1092,7 @@ impl<'a> Sim<'a> {
                 }
                 let g = self.streams[stream].gate;
                 if self.gates[g].stream == Some(stream) {
+                    self.gates[g].heard += 1;
                     self.gate_apply(g, stream, assignment)?;
                 }
             }
@@ -1126,6 +1146,20 @@ impl<'a> Sim<'a> {
                 if !open.is_empty() {
                     let s = open[self.rng.random_range(0..open.len())];
                     self.break_stream(s);
+                }
+            }
+            Ev::LeaseEnd {
+                gate,
+                incarnation,
+                heard,
+            } => {
+                let g = &mut self.gates[gate];
+                let expired = g.alive && g.incarnation == incarnation && g.heard == heard;
+                if expired && !self.cfg.no_lease && g.core.assignment().is_some() {
+                    g.core.fence();
+                    self.faults.fences += 1;
+                    let id = g.id.clone();
+                    self.tr(|| format!("{id} lost its lease: fenced, holding everything"));
                 }
             }
             Ev::Partition { gate, len } => {
@@ -1450,11 +1484,14 @@ impl<'a> Sim<'a> {
             if gate.dep != outgoing {
                 continue;
             }
-            let live = self.shadow_live.get(&g).cloned().unwrap_or_default();
-            excused.extend(gate.chans.iter().filter(|c| !live.contains(c)));
             if !self.stored.gates.contains_key(&gate.id) {
+                // A gate the coordinator forgot (expired): the drain did not wait for any of
+                // its channels, as for idle ones.
+                excused.extend(gate.chans.iter().copied());
                 continue;
             }
+            let live = self.shadow_live.get(&g).cloned().unwrap_or_default();
+            excused.extend(gate.chans.iter().filter(|c| !live.contains(c)));
             for &c in &live {
                 let ch = &self.chans[c];
                 let unsent = ch
@@ -1501,6 +1538,8 @@ impl<'a> Sim<'a> {
         for s in 0..self.streams.len() {
             if self.streams[s].alive {
                 self.streams[s].alive = false;
+                let g = self.streams[s].gate;
+                self.lease_runs_from_now(g);
                 let d = self.rng.random_range(1..=50);
                 self.after(d, Ev::GateSeesBreak { stream: s });
             }
@@ -1650,6 +1689,7 @@ impl<'a> Sim<'a> {
         self.streams[s].alive = false;
         self.faults.stream_breaks += 1;
         let g = self.streams[s].gate;
+        self.lease_runs_from_now(g);
         let id = self.gates[g].id.clone();
         self.tr(|| format!("stream {s} of {id} breaks"));
         let d1 = self.rng.random_range(1..=300);
@@ -1659,6 +1699,20 @@ impl<'a> Sim<'a> {
     }
 
     // --- gates ------------------------------------------------------------------------------
+
+    /// A gate's stream broke: the last command it can have heard came at the latest now (the
+    /// real coordinator sends a heartbeat every second, so the worst case for safety is one
+    /// just before the break), and its lease runs out half a gate expiry later unless it hears
+    /// the coordinator again.
+    fn lease_runs_from_now(&mut self, g: usize) {
+        let gate = &self.gates[g];
+        let ev = Ev::LeaseEnd {
+            gate: g,
+            incarnation: gate.incarnation,
+            heard: gate.heard,
+        };
+        self.after(self.sc.gate_expiry_ms / 2, ev);
+    }
 
     /// Brings a gate (back) up: fresh, fail-closed core, channels reconnect, attach, heartbeats.
     fn start_gate(&mut self, g: usize) {
@@ -2388,6 +2442,8 @@ pub struct Totals {
     pub stalls: u64,
     /// Runs where the coordinator forgot a gate after a long partition.
     pub expired_gates: u64,
+    /// Runs where a gate lost its lease and fenced itself.
+    pub fences: u64,
     /// Runs with a long network partition of one gate.
     pub partitions: u64,
     /// Runs with late records dropped.
@@ -2435,6 +2491,7 @@ impl Totals {
         self.stream_breaks += b(f.stream_breaks > 0);
         self.stalls += b(f.stalls > 0);
         self.expired_gates += b(f.expired_gates > 0);
+        self.fences += b(f.fences > 0);
         self.partitions += b(f.partitions > 0);
         self.late_dropped += b(r.late_dropped > 0);
         self.late_admitted += b(r.late_admitted > 0);
@@ -2496,7 +2553,7 @@ impl fmt::Display for Totals {
              rollbacks {}, no votes {}, \
              requested before green {}, teardowns {}; coordinator crashes in waiting {} / prepared \
              {} / committed {}; sidecar crashes {} (handed back {}), lost votes {}, stream breaks \
-             {}, stalls {}, partitions {} (gates expired {}); late dropped {}, late admitted {}, late lost {}, idle-channel loss {} (at teardown) / {} (at rollback); \
+             {}, stalls {}, partitions {} (gates expired {}, fenced {}); late dropped {}, late admitted {}, late lost {}, idle-channel loss {} (at teardown) / {} (at rollback); \
              stale assignments {}; \
              {} records, {} events, {} s of sim time",
             self.runs,
@@ -2520,6 +2577,7 @@ impl fmt::Display for Totals {
             self.stalls,
             self.partitions,
             self.expired_gates,
+            self.fences,
             self.late_dropped,
             self.late_admitted,
             self.missing_late,
@@ -2596,6 +2654,7 @@ impl Totals {
         self.stream_breaks += o.stream_breaks;
         self.stalls += o.stalls;
         self.expired_gates += o.expired_gates;
+        self.fences += o.fences;
         self.partitions += o.partitions;
         self.late_dropped += o.late_dropped;
         self.late_admitted += o.late_admitted;

@@ -90,9 +90,10 @@ fn the_same_seed_replays_the_same_run() {
 // ignored so the suite stays green, and document the gap until it is closed (then un-ignore).
 // Run them with `cargo test -p sluice-integration-tests --test simulation -- --ignored`.
 
-/// Idle outgoing channels are excluded from the drain, so a completed cutover's outgoing
-/// deployment may still have records below the barrier: tearing it down loses them, and a
-/// rollback makes it drop them as the other deployment's, silently.
+/// Idle outgoing channels (and those of a gate the coordinator forgot) are excluded from the
+/// drain, so a completed cutover's outgoing deployment may still have records below the
+/// barrier: tearing it down loses them, and a rollback makes it drop them as the other
+/// deployment's, silently.
 #[test]
 #[ignore = "known gap: records of channels idle at handover are lost (DESIGN.md promises none)"]
 fn known_gap_idle_channels_at_handover_lose_records() {
@@ -104,16 +105,38 @@ fn known_gap_idle_channels_at_handover_lose_records() {
     assert_no_failures(&failures);
 }
 
-/// The coordinator forgets a gate disconnected for `gate_expiry_ms`, but a partitioned sidecar
-/// keeps deciding under its last assignment.
+/// The coordinator forgets a gate disconnected for `gate_expiry_ms`; a sidecar cut off for half
+/// of that fences itself (holds everything until assigned again). With partitions that outlast
+/// the expiry, every run stays exact (what the drain no longer waits for is accounted like an
+/// idle channel's backlog, see `known_gap_idle_channels_at_handover_lose_records`).
 #[test]
-#[ignore = "known gap: a partitioned gate the coordinator expired keeps admitting"]
-fn known_gap_gate_expiry_during_a_partition() {
+fn partitions_past_the_gate_expiry_are_fenced() {
     let cfg = SimConfig {
         expiry_partitions: true,
         ..SimConfig::default()
     };
-    let (_, failures) = run_seeds("expiry partitions", seeds(), &cfg);
+    let (totals, failures) = run_seeds("expiry partitions", seeds() / 2, &cfg);
+    assert_no_failures(&failures);
+    if seeds() >= 1_000 {
+        assert!(
+            totals.expired_gates > 0 && totals.fences > 0,
+            "no gate expired or fenced: {totals}"
+        );
+    }
+}
+
+/// Without the lease, a sidecar cut off past the coordinator's gate expiry keeps admitting under
+/// its last assignment while a cutover completes without it: duplicates or loss (seed 32 at the
+/// time of writing: blue admits a record green owns).
+#[test]
+#[ignore = "requirement on gate-sidecar: fence a gate that has not heard the coordinator for its lease"]
+fn known_gap_sidecars_without_a_lease() {
+    let cfg = SimConfig {
+        expiry_partitions: true,
+        no_lease: true,
+        ..SimConfig::default()
+    };
+    let (_, failures) = run_seeds("no lease", seeds(), &cfg);
     assert_no_failures(&failures);
 }
 

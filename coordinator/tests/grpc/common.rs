@@ -147,6 +147,16 @@ impl FakeGate {
         })
     }
 
+    /// The next command, whatever its kind.
+    pub async fn next_command(&mut self) -> v1::GateCommand {
+        let id = self.id.clone();
+        tokio::time::timeout(WAIT, self.commands.message())
+            .await
+            .unwrap_or_else(|_| panic!("{id}: no command within {WAIT:?}"))
+            .unwrap_or_else(|s| panic!("{id}: stream failed: {s}"))
+            .unwrap_or_else(|| panic!("{id}: stream ended"))
+    }
+
     /// The next assignment (heartbeats skipped).
     pub async fn next_assignment(&mut self) -> v1::GateAssignment {
         let id = self.id.clone();

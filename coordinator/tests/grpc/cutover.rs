@@ -193,3 +193,28 @@ async fn a_no_vote_aborts_and_retries_with_a_larger_barrier() {
     assert_eq!(status.attempt, 2);
     server.stop().await.unwrap();
 }
+
+/// Every command grants the gate a lease of half the gate expiry — the assignment on attach and
+/// the heartbeats after it — so a gate cut off fences itself before the coordinator forgets it.
+#[tokio::test]
+async fn every_command_grants_half_the_gate_expiry_as_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("state.json"), &["--gate-expiry", "10s"]).await;
+    let mut gate = FakeGate::attach(&server, "lease/p", "blue", "blue-1", progress(1_000, 900))
+        .await
+        .unwrap();
+    let first = gate.next_command().await;
+    assert!(
+        matches!(first.kind, Some(v1::gate_command::Kind::Assign(_))),
+        "{first:?}"
+    );
+    assert_eq!(first.lease_ms, 5_000);
+    // Heartbeats every 200 ms (the test server's interval) renew it too.
+    let beat = loop {
+        let cmd = gate.next_command().await;
+        if matches!(cmd.kind, Some(v1::gate_command::Kind::Heartbeat(_))) {
+            break cmd;
+        }
+    };
+    assert_eq!(beat.lease_ms, 5_000);
+}

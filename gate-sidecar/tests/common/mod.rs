@@ -48,6 +48,8 @@ struct FakeState {
     /// Each report with the number of the attach (stream) it came on, counting from 0.
     reports: Mutex<Vec<(usize, GateReport)>>,
     attaches: std::sync::atomic::AtomicUsize,
+    /// The lease every command grants (0: none); with one, idle streams get heartbeats.
+    lease_ms: std::sync::atomic::AtomicU64,
     assignment: Mutex<Option<GateAssignment>>,
     streams: Mutex<Vec<mpsc::Sender<Result<GateCommand, Status>>>>,
 }
@@ -67,8 +69,25 @@ impl GateControl for FakeService {
         let (tx, rx) = mpsc::channel(64);
         // Like the real coordinator: the current assignment goes out on attach.
         let current = *self.0.assignment.lock().unwrap();
+        let lease_ms = self.0.lease_ms.load(std::sync::atomic::Ordering::SeqCst);
         if let Some(a) = current {
-            tx.send(Ok(assign(a))).await.unwrap();
+            tx.send(Ok(assign(a, lease_ms))).await.unwrap();
+        }
+        if lease_ms > 0 {
+            // Like the real coordinator: heartbeats keep the lease while nothing else is sent.
+            let beats = tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(lease_ms / 4)).await;
+                    let beat = GateCommand {
+                        lease_ms,
+                        kind: Some(gate_command::Kind::Heartbeat(v1::Heartbeat { now_ms: 0 })),
+                    };
+                    if beats.send(Ok(beat)).await.is_err() {
+                        return;
+                    }
+                }
+            });
         }
         self.0.streams.lock().unwrap().push(tx);
         let state = self.0.clone();
@@ -84,8 +103,9 @@ impl GateControl for FakeService {
     }
 }
 
-fn assign(a: GateAssignment) -> GateCommand {
+fn assign(a: GateAssignment, lease_ms: u64) -> GateCommand {
     GateCommand {
+        lease_ms,
         kind: Some(gate_command::Kind::Assign(a)),
     }
 }
@@ -149,10 +169,22 @@ impl FakeCoordinator {
     /// Makes `a` the current assignment and sends it on every open stream.
     pub async fn set_assignment(&self, a: GateAssignment) {
         *self.state.assignment.lock().unwrap() = Some(a);
+        let lease_ms = self
+            .state
+            .lease_ms
+            .load(std::sync::atomic::Ordering::SeqCst);
         let streams = self.state.streams.lock().unwrap().clone();
         for tx in streams {
-            let _ = tx.send(Ok(assign(a))).await;
+            let _ = tx.send(Ok(assign(a, lease_ms))).await;
         }
+    }
+
+    /// Grants `lease_ms` with every command from now on (and heartbeats streams that attach
+    /// from now on).
+    pub fn set_lease(&self, lease_ms: u64) {
+        self.state
+            .lease_ms
+            .store(lease_ms, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Every report received so far.

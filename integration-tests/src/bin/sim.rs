@@ -41,9 +41,14 @@ struct Args {
     /// Sidecars forget their high mark in a crash (unsound; shows why it must be persisted).
     #[arg(long)]
     forgetful_sidecars: bool,
-    /// Let network partitions outlast the coordinator's gate expiry (unsound; see the docs).
+    /// Let network partitions outlast the coordinator's gate expiry (the sidecar's lease fences
+    /// a gate cut off that long).
     #[arg(long)]
     expiry_partitions: bool,
+    /// Sidecars without a lease keep their assignment however long they are cut off (unsound
+    /// with --expiry-partitions; shows why the fence is needed).
+    #[arg(long)]
+    no_lease: bool,
     /// Worker threads for a range of seeds.
     #[arg(long, default_value_t = 2)]
     jobs: usize,
@@ -59,6 +64,7 @@ fn main() -> ExitCode {
         strict_idle: args.strict_idle,
         forgetful_sidecars: args.forgetful_sidecars,
         expiry_partitions: args.expiry_partitions,
+        no_lease: args.no_lease,
         ..SimConfig::default()
     };
     if let Some(seed) = args.seed {
