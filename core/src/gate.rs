@@ -47,6 +47,11 @@ pub enum Admission {
         barrier: EventTime,
         /// False while prepared (hold `>= T`), true once committed (admit `>= T`).
         committed: bool,
+        /// When the candidate is the deployment the last cutover retired (a rollback), the
+        /// range it still owns from then, admitted as before: without it the returning
+        /// deployment would drop its own backlog below the earlier barrier as the other's.
+        #[serde(default)]
+        kept: Option<Kept>,
     },
     /// The former active deployment after the drain: keeps `[floor, T)`, drops the rest.
     Retired {
@@ -55,6 +60,22 @@ pub enum Admission {
         /// The barrier of the cutover that retired it.
         barrier: EventTime,
     },
+}
+
+/// The range `[floor, barrier)` a retired deployment owns, kept when it becomes the candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kept {
+    /// Records below this belong to an earlier deployment.
+    pub floor: Option<EventTime>,
+    /// The barrier of the cutover that retired it.
+    pub barrier: EventTime,
+}
+
+impl Kept {
+    /// Whether `ts` is in the range.
+    pub fn contains(&self, ts: EventTime) -> bool {
+        self.floor.is_none_or(|f| ts >= f) && ts < self.barrier
+    }
 }
 
 /// The full state a coordinator gives a gate. Later versions replace earlier ones.
@@ -82,6 +103,7 @@ impl Assignment {
             | Admission::Incoming {
                 barrier,
                 committed: false,
+                ..
             } => Some(barrier),
             _ => None,
         }
@@ -264,6 +286,9 @@ pub fn decide(admission: &Admission, late: LatePolicy, ts: EventTime) -> Decisio
             committed: true, ..
         }
         | Admission::Retired { .. } => Decision::Drop(DropReason::Barrier),
+        Admission::Incoming { kept: Some(k), .. } if k.contains(ts) => {
+            Decision::Admit(AdmitKind::Owned)
+        }
         Admission::Incoming { barrier, .. } if ts < barrier => Decision::Drop(DropReason::Barrier),
         Admission::Incoming {
             committed: false, ..
@@ -307,6 +332,34 @@ mod tests {
         Admission::Incoming {
             barrier: T,
             committed,
+            kept: None,
+        }
+    }
+
+    #[test]
+    fn a_returning_deployment_keeps_admitting_its_own_earlier_range() {
+        // Blue was retired at 400 (owning [100, 400)); green is active from 400; blue comes
+        // back as the candidate with barrier T.
+        let kept = Some(Kept {
+            floor: Some(100),
+            barrier: 400,
+        });
+        for committed in [false, true] {
+            let g = gate(
+                Admission::Incoming {
+                    barrier: T,
+                    committed,
+                    kept,
+                },
+                LatePolicy::Drop,
+            );
+            assert_eq!(g.decide(99), BARRIER, "an earlier deployment's");
+            assert_eq!(g.decide(100), ADMIT, "its own, kept");
+            assert_eq!(g.decide(399), ADMIT, "its own, kept");
+            assert_eq!(g.decide(400), BARRIER, "green's");
+            assert_eq!(g.decide(T - 1), BARRIER, "green's");
+            let at_t = if committed { ADMIT } else { HOLD };
+            assert_eq!(g.decide(T), at_t);
         }
     }
 

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::EventTime;
-use crate::gate::{Admission, Assignment, LatePolicy};
+use crate::gate::{Admission, Assignment, Kept, LatePolicy};
 
 /// Phase of a pipeline, as shown to people and gates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -496,7 +496,19 @@ impl Pipeline {
                 r.late_policy,
             ),
             Some((plan, barrier, committed)) if plan.candidate == deployment => (
-                Admission::Incoming { barrier, committed },
+                Admission::Incoming {
+                    barrier,
+                    committed,
+                    // A rollback: the candidate is the deployment the last cutover retired.
+                    kept: r
+                        .retired
+                        .as_ref()
+                        .filter(|x| x.deployment == deployment)
+                        .map(|x| Kept {
+                            floor: x.floor,
+                            barrier: x.barrier,
+                        }),
+                },
                 plan.settings.late_policy,
             ),
             _ if is_active => (Admission::Active { floor: r.floor }, r.late_policy),

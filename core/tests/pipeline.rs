@@ -1,6 +1,6 @@
 //! The coordinator's cutover state machine, driven input by input.
 
-use sluice_core::gate::{Admission, GateCore, LatePolicy};
+use sluice_core::gate::{Admission, GateCore, Kept, LatePolicy};
 use sluice_core::pipeline::{
     CutoverError, Event, GateProgress, Phase, Pipeline, PipelineOptions, Settings, Stage,
 };
@@ -113,7 +113,8 @@ fn full_cutover_prepares_above_every_high_mark_commits_on_all_yes_and_completes_
         p.assignment_for(GREEN).admission,
         Admission::Incoming {
             barrier: t,
-            committed: true
+            committed: true,
+            kept: None,
         }
     );
     // One blue gate past T is not enough.
@@ -372,6 +373,18 @@ fn rollback_after_completion_is_a_new_cutover_with_a_larger_barrier() {
             floor: Some(t),
             barrier: barrier(&p),
             committed: false
+        }
+    );
+    // Blue, coming back, keeps the range it owned before green took over.
+    assert_eq!(
+        p.assignment_for(BLUE).admission,
+        Admission::Incoming {
+            barrier: barrier(&p),
+            committed: false,
+            kept: Some(Kept {
+                floor: None,
+                barrier: t
+            }),
         }
     );
 }

@@ -297,9 +297,9 @@ fn log_assignment(a: &Assignment) {
         sluice_core::gate::Admission::Outgoing {
             barrier, committed, ..
         }
-        | sluice_core::gate::Admission::Incoming { barrier, committed } => {
-            (Some(barrier), Some(committed))
-        }
+        | sluice_core::gate::Admission::Incoming {
+            barrier, committed, ..
+        } => (Some(barrier), Some(committed)),
         sluice_core::gate::Admission::Retired { barrier, .. } => (Some(barrier), None),
         sluice_core::gate::Admission::Active { .. } | sluice_core::gate::Admission::Standby => {
             (None, None)

@@ -50,9 +50,9 @@
 //! Known gaps of the protocol the model exposes (counted, not failed, unless configured):
 //! - Idle outgoing channels are excluded from the drain, so "completed" does not mean the
 //!   outgoing deployment has nothing left to emit: tearing it down then loses the idle channels'
-//!   backlog whatever the late policy ([`SimReport::idle_lost`]), and a rollback makes the
-//!   returning deployment drop its own backlog as the other's ([`SimReport::returning_idle_lost`]).
-//!   [`SimConfig::strict_idle`] fails such runs.
+//!   backlog whatever the late policy ([`SimReport::idle_lost`]). [`SimConfig::strict_idle`]
+//!   fails such runs. (A rollback no longer loses it: the returning deployment keeps admitting
+//!   the range it owned, `Admission::Incoming::kept`; such a loss now fails every run.)
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -90,9 +90,8 @@ pub struct SimConfig {
     /// Collect a human-readable event trace in [`SimReport::trace`] (slow; for one seed).
     pub trace: bool,
     /// Fail runs that lose records of a channel that was idle (excluded from the drain) when its
-    /// deployment handed over: to a teardown ([`SimReport::idle_lost`]) or to a rollback
-    /// ([`SimReport::returning_idle_lost`]). By default such losses are only counted; see the
-    /// module docs.
+    /// deployment handed over to a teardown ([`SimReport::idle_lost`]). By default such losses
+    /// are only counted; see the module docs.
     pub strict_idle: bool,
     /// Model sidecars that lose their high mark in a crash (restart with [`GateCore::new`]) as
     /// opposed to ones that persist a high-mark ceiling and restart with [`GateCore::resume`].
@@ -186,12 +185,6 @@ pub struct SimReport {
     /// deployment dropped them as barrier, shadow or late records. Allowed unless
     /// [`SimConfig::strict_idle`].
     pub idle_lost: u64,
-    /// Records in neither output because a rollback made their owner the candidate again while
-    /// its channel, idle when it handed over, still had them: the candidate drops everything
-    /// below the new barrier as the other deployment's, and the other deployment never had them
-    /// (they were below its floor). A silent loss that `DESIGN.md` rules out ("never allowed to
-    /// silently lose records"); allowed here unless [`SimConfig::strict_idle`], and reported.
-    pub returning_idle_lost: u64,
     /// Prepare attempts of the cutover.
     pub attempts: u32,
     /// "no" votes seen.
@@ -625,7 +618,6 @@ struct Sim<'a> {
     missing_late: u64,
     duplicated_late: u64,
     idle_lost: u64,
-    returning_idle_lost: u64,
     /// Blue's (`[0]`) and green's (`[1]`) channel of every record.
     chan_of: Vec<[usize; 2]>,
     /// Per completed cutover, the outgoing channels the coordinator did not count as live (idle)
@@ -884,7 +876,6 @@ impl<'a> Sim<'a> {
             missing_late: 0,
             duplicated_late: 0,
             idle_lost: 0,
-            returning_idle_lost: 0,
             chan_of: vec![],
             excused: vec![],
             faults: Faults::default(),
@@ -2242,11 +2233,6 @@ impl<'a> Sim<'a> {
                 self.missing_late += 1;
             } else if idle_at_handover && torn && owner_dec.is_none() && !self.cfg.strict_idle {
                 self.idle_lost += 1;
-            } else if idle_at_handover
-                && owner_dec == Some(Decision::Drop(DropReason::Barrier))
-                && !self.cfg.strict_idle
-            {
-                self.returning_idle_lost += 1;
             } else {
                 let why = format!(
                     "lost: owned by {} (completed barriers {}) and admitted by nobody",
@@ -2373,7 +2359,6 @@ impl<'a> Sim<'a> {
             missing_late: self.missing_late,
             duplicated_late: self.duplicated_late,
             idle_lost: self.idle_lost,
-            returning_idle_lost: self.returning_idle_lost,
             attempts: self.attempts,
             no_votes: self.no_votes,
             final_phase: self.stored.phase(),
@@ -2454,9 +2439,6 @@ pub struct Totals {
     pub missing_late: u64,
     /// Runs that lost records of an idle blue channel to blue's teardown.
     pub idle_lost: u64,
-    /// Runs that lost records of an idle channel to a rollback (see
-    /// [`SimReport::returning_idle_lost`]).
-    pub returning_idle_lost: u64,
     /// Runs where a gate ignored a stale assignment.
     pub stale_assignments: u64,
     /// Input records over all runs.
@@ -2497,7 +2479,6 @@ impl Totals {
         self.late_admitted += b(r.late_admitted > 0);
         self.missing_late += b(r.missing_late > 0);
         self.idle_lost += b(r.idle_lost > 0);
-        self.returning_idle_lost += b(r.returning_idle_lost > 0);
         self.stale_assignments += b(r.stale_assignments > 0);
         self.records += r.records as u64;
         self.events += r.events;
@@ -2553,7 +2534,7 @@ impl fmt::Display for Totals {
              rollbacks {}, no votes {}, \
              requested before green {}, teardowns {}; coordinator crashes in waiting {} / prepared \
              {} / committed {}; sidecar crashes {} (handed back {}), lost votes {}, stream breaks \
-             {}, stalls {}, partitions {} (gates expired {}, fenced {}); late dropped {}, late admitted {}, late lost {}, idle-channel loss {} (at teardown) / {} (at rollback); \
+             {}, stalls {}, partitions {} (gates expired {}, fenced {}); late dropped {}, late admitted {}, late lost {}, idle-channel loss at teardown {}; \
              stale assignments {}; \
              {} records, {} events, {} s of sim time",
             self.runs,
@@ -2582,7 +2563,6 @@ impl fmt::Display for Totals {
             self.late_admitted,
             self.missing_late,
             self.idle_lost,
-            self.returning_idle_lost,
             self.stale_assignments,
             self.records,
             self.events,
@@ -2660,7 +2640,6 @@ impl Totals {
         self.late_admitted += o.late_admitted;
         self.missing_late += o.missing_late;
         self.idle_lost += o.idle_lost;
-        self.returning_idle_lost += o.returning_idle_lost;
         self.stale_assignments += o.stale_assignments;
         self.records += o.records;
         self.events += o.events;

@@ -3,7 +3,7 @@
 //! Decoding from the wire is fallible ([`ConvertError`]): a field combination the protocol does
 //! not allow is refused rather than guessed at.
 
-use sluice_core::gate::{Admission, Assignment, LatePolicy};
+use sluice_core::gate::{Admission, Assignment, Kept, LatePolicy};
 use sluice_core::pipeline::{GateProgress, Phase};
 use thiserror::Error;
 
@@ -72,10 +72,14 @@ pub fn assignment_to_wire(a: &Assignment, phase: Phase) -> v1::GateAssignment {
             barrier,
             committed,
         } => (Some(barrier), floor, prepared_or_committed(committed)),
-        Admission::Incoming { barrier, committed } => {
-            (Some(barrier), None, prepared_or_committed(committed))
-        }
+        Admission::Incoming {
+            barrier, committed, ..
+        } => (Some(barrier), None, prepared_or_committed(committed)),
         Admission::Retired { floor, barrier } => (Some(barrier), floor, phase),
+    };
+    let kept = match a.admission {
+        Admission::Incoming { kept, .. } => kept,
+        _ => None,
     };
     v1::GateAssignment {
         version: a.version,
@@ -85,6 +89,8 @@ pub fn assignment_to_wire(a: &Assignment, phase: Phase) -> v1::GateAssignment {
         barrier_ms: barrier,
         floor_ms: floor,
         late_policy: v1::LatePolicy::from(a.late_policy) as i32,
+        kept_floor_ms: kept.and_then(|k| k.floor),
+        kept_barrier_ms: kept.map(|k| k.barrier),
     }
 }
 
@@ -113,6 +119,10 @@ pub fn assignment_from_wire(w: &v1::GateAssignment) -> Result<Assignment, Conver
         v1::GateRole::Incoming => Admission::Incoming {
             barrier: barrier()?,
             committed,
+            kept: w.kept_barrier_ms.map(|barrier| Kept {
+                floor: w.kept_floor_ms,
+                barrier,
+            }),
         },
         v1::GateRole::Retired => Admission::Retired {
             floor: w.floor_ms,
@@ -163,10 +173,23 @@ mod tests {
             Admission::Incoming {
                 barrier: 9,
                 committed: false,
+                kept: None,
             },
             Admission::Incoming {
                 barrier: 9,
                 committed: true,
+                kept: Some(Kept {
+                    floor: Some(1),
+                    barrier: 5,
+                }),
+            },
+            Admission::Incoming {
+                barrier: 9,
+                committed: false,
+                kept: Some(Kept {
+                    floor: None,
+                    barrier: 5,
+                }),
             },
             Admission::Retired {
                 floor: Some(2),

@@ -311,6 +311,8 @@ fn assignment(
         barrier_ms,
         floor_ms: None,
         late_policy: v1::LatePolicy::Drop as i32,
+        kept_floor_ms: None,
+        kept_barrier_ms: None,
     }
 }
 
