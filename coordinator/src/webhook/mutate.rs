@@ -52,6 +52,14 @@ pub const ANNOTATION_PIPELINE: &str = "sluice.dev/pipeline";
 pub const ANNOTATION_DEPLOYMENT: &str = "sluice.dev/deployment";
 /// Sink of this pod's sidecar; defaults to the coordinator's `--sidecar-sink`.
 pub const ANNOTATION_SINK: &str = "sluice.dev/sink";
+/// librdkafka options of this pod's sidecar, `name=value;name=value` (its
+/// `SLUICE_KAFKA_OPTIONS`). Not for secrets: annotations are readable by anyone who can read
+/// the pod, so names that look secret are refused.
+pub const ANNOTATION_KAFKA_OPTIONS: &str = "sluice.dev/kafka-options";
+/// Runtime worker threads of this pod's sidecar (its `SLUICE_WORKER_THREADS`), 1 to 64.
+pub const ANNOTATION_WORKER_THREADS: &str = "sluice.dev/worker-threads";
+/// Option names that look like secrets, refused in [`ANNOTATION_KAFKA_OPTIONS`].
+const SECRET_MARKERS: &[&str] = &["password", "secret", "token", "jaas", "key", "private"];
 /// Label the Flink Kubernetes Operator sets to the FlinkDeployment's name.
 pub const LABEL_APP: &str = "app";
 /// Label the Flink Kubernetes Operator sets to `jobmanager` or `taskmanager`.
@@ -164,6 +172,18 @@ pub enum Skip {
     /// The sink annotation is empty or has whitespace.
     #[error("annotation {ANNOTATION_SINK} {0:?} is not a sink")]
     BadSink(String),
+    /// An item of the Kafka options annotation is not `name=value`.
+    #[error("annotation {ANNOTATION_KAFKA_OPTIONS}: {0:?} is not name=value")]
+    BadKafkaOption(String),
+    /// The Kafka options annotation names an option that looks like a secret.
+    #[error(
+        "annotation {ANNOTATION_KAFKA_OPTIONS}: {0:?} looks like a secret; annotations are \
+         readable by anyone who can read the pod, so pass it another way"
+    )]
+    SecretInAnnotation(String),
+    /// The worker threads annotation is not a number from 1 to 64.
+    #[error("annotation {ANNOTATION_WORKER_THREADS} {0:?} is not a number from 1 to 64")]
+    BadWorkerThreads(String),
     /// The pod has no spec or no container to give the socket to.
     #[error("the pod has no containers")]
     NoContainers,
@@ -251,6 +271,22 @@ pub fn mutate(
     if sink.is_empty() || sink.chars().any(char::is_whitespace) {
         return Err(Skip::BadSink(sink));
     }
+    let kafka_options = annotation(ANNOTATION_KAFKA_OPTIONS)
+        .map(kafka_options)
+        .transpose()?;
+    let worker_threads = annotation(ANNOTATION_WORKER_THREADS)
+        .map(|v| match v.trim().parse::<u8>() {
+            Ok(n @ 1..=64) => Ok(n),
+            _ => Err(Skip::BadWorkerThreads(v.to_owned())),
+        })
+        .transpose()?;
+    let pod_settings = PodSettings {
+        pipeline: &pipeline,
+        deployment: &deployment,
+        sink: &sink,
+        kafka_options: kafka_options.as_deref(),
+        worker_threads,
+    };
 
     // The Flink containers: the operator's main container, else every regular container.
     let targets: Vec<usize> = match spec
@@ -352,7 +388,7 @@ pub fn mutate(
         &mut ops,
         &["spec", "initContainers"],
         spec.init_containers.is_some(),
-        &sidecar(config, &pipeline, &deployment, &sink),
+        &sidecar(config, &pod_settings),
     );
 
     Ok(Injection {
@@ -486,13 +522,50 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
+/// Checks the Kafka options annotation item by item and returns it normalised
+/// (`name=value;...`, blanks dropped). The sidecar's librdkafka checks the names and values.
+fn kafka_options(value: &str) -> Result<String, Skip> {
+    let mut items = Vec::new();
+    for item in value.split(';').map(str::trim).filter(|i| !i.is_empty()) {
+        let Some((name, v)) = item.split_once('=') else {
+            return Err(Skip::BadKafkaOption(item.to_owned()));
+        };
+        let name = name.trim();
+        if name.is_empty() || name.chars().any(char::is_whitespace) {
+            return Err(Skip::BadKafkaOption(item.to_owned()));
+        }
+        let lower = name.to_ascii_lowercase();
+        if SECRET_MARKERS.iter().any(|m| lower.contains(m)) {
+            return Err(Skip::SecretInAnnotation(name.to_owned()));
+        }
+        items.push(format!("{name}={}", v.trim()));
+    }
+    Ok(items.join(";"))
+}
+
+/// What the pod's identity and annotations give its sidecar.
+#[derive(Debug, Clone, Copy)]
+pub struct PodSettings<'a> {
+    /// Pipeline id, `namespace/name`.
+    pub pipeline: &'a str,
+    /// Deployment id.
+    pub deployment: &'a str,
+    /// The sidecar's `--sink`.
+    pub sink: &'a str,
+    /// librdkafka options, `name=value;...` ([`ANNOTATION_KAFKA_OPTIONS`]).
+    pub kafka_options: Option<&'a str>,
+    /// Runtime worker threads ([`ANNOTATION_WORKER_THREADS`]).
+    pub worker_threads: Option<u8>,
+}
+
 /// The gate sidecar container.
-pub fn sidecar(
-    config: &InjectionConfig,
-    pipeline: &str,
-    deployment: &str,
-    sink: &str,
-) -> Container {
+pub fn sidecar(config: &InjectionConfig, pod: &PodSettings<'_>) -> Container {
+    let PodSettings {
+        pipeline,
+        deployment,
+        sink,
+        ..
+    } = *pod;
     let quantities = |pairs: &[(&str, Option<&String>)]| -> BTreeMap<String, Quantity> {
         pairs
             .iter()
@@ -523,6 +596,12 @@ pub fn sidecar(
         ..Default::default()
     });
     env.push(env_var("SLUICE_SINK", sink));
+    if let Some(options) = pod.kafka_options.filter(|o| !o.is_empty()) {
+        env.push(env_var("SLUICE_KAFKA_OPTIONS", options));
+    }
+    if let Some(n) = pod.worker_threads {
+        env.push(env_var("SLUICE_WORKER_THREADS", &n.to_string()));
+    }
     env.push(env_var(
         "SLUICE_HEALTH_LISTEN",
         &format!("0.0.0.0:{HEALTH_PORT}"),
@@ -840,6 +919,74 @@ mod tests {
         );
     }
 
+    fn settings() -> PodSettings<'static> {
+        PodSettings {
+            pipeline: "a/b",
+            deployment: "d",
+            sink: "stdout",
+            kafka_options: None,
+            worker_threads: None,
+        }
+    }
+
+    #[test]
+    fn annotations_pass_kafka_options_and_worker_threads_to_the_sidecar() {
+        let pod = tm(&[
+            (
+                ANNOTATION_KAFKA_OPTIONS,
+                " linger.ms=5 ; compression.type = lz4;; ",
+            ),
+            (ANNOTATION_WORKER_THREADS, "2"),
+        ]);
+        let inj = mutate(&pod, Some("ns"), &config()).unwrap();
+        let out = apply(&pod, &inj);
+        let side = &out.spec.unwrap().init_containers.unwrap()[0];
+        let env = env_of(side);
+        assert_eq!(
+            env["SLUICE_KAFKA_OPTIONS"],
+            "linger.ms=5;compression.type=lz4"
+        );
+        assert_eq!(env["SLUICE_WORKER_THREADS"], "2");
+        // Without the annotations the sidecar keeps its own defaults.
+        let plain = apply(&tm(&[]), &mutate(&tm(&[]), Some("ns"), &config()).unwrap());
+        let env = env_of(&plain.spec.unwrap().init_containers.unwrap()[0]);
+        assert!(!env.contains_key("SLUICE_KAFKA_OPTIONS"));
+        assert!(!env.contains_key("SLUICE_WORKER_THREADS"));
+    }
+
+    #[test]
+    fn bad_kafka_options_worker_threads_and_secrets_are_refused_with_a_warning() {
+        for (value, want) in [
+            ("linger.ms", Skip::BadKafkaOption("linger.ms".into())),
+            ("=5", Skip::BadKafkaOption("=5".into())),
+            (
+                "sasl.password=hunter2",
+                Skip::SecretInAnnotation("sasl.password".into()),
+            ),
+            (
+                "ssl.key.location=/k",
+                Skip::SecretInAnnotation("ssl.key.location".into()),
+            ),
+        ] {
+            let pod = tm(&[(ANNOTATION_KAFKA_OPTIONS, value)]);
+            let skip = mutate(&pod, Some("ns"), &config()).unwrap_err();
+            assert_eq!(skip, want, "{value}");
+            let warning = skip.warning().unwrap();
+            assert!(warning.contains(ANNOTATION_KAFKA_OPTIONS), "{warning}");
+            assert!(
+                !warning.contains("hunter2"),
+                "a secret in a warning: {warning}"
+            );
+        }
+        for bad in ["0", "65", "two", "-1"] {
+            let pod = tm(&[(ANNOTATION_WORKER_THREADS, bad)]);
+            assert_eq!(
+                mutate(&pod, Some("ns"), &config()),
+                Err(Skip::BadWorkerThreads(bad.into()))
+            );
+        }
+    }
+
     #[test]
     fn the_namespace_falls_back_to_the_pods_own() {
         let mut pod = tm(&[]);
@@ -1042,13 +1189,13 @@ mod tests {
     fn resources_follow_the_configuration() {
         let mut c = config();
         c.cpu_limit = Some("2".into());
-        let side = sidecar(&c, "a/b", "d", "stdout");
+        let side = sidecar(&c, &settings());
         let r = side.resources.unwrap();
         let limits = r.limits.unwrap();
         assert_eq!(limits["cpu"], Quantity("2".into()));
         assert_eq!(limits["memory"], Quantity("256Mi".into()));
         assert_eq!(r.requests.unwrap()["cpu"], Quantity("100m".into()));
-        let side = sidecar(&config(), "a/b", "d", "stdout");
+        let side = sidecar(&config(), &settings());
         assert!(!side.resources.unwrap().limits.unwrap().contains_key("cpu"));
     }
 }
