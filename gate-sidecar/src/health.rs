@@ -1,6 +1,7 @@
 //! HTTP health endpoints for the kubelet's probes: `GET /livez` answers 200 while the process
 //! serves; `GET /readyz` answers 200 once the coordinator has assigned the gate a role (before
-//! that every record is held, so the pod is not ready to carry traffic), 503 otherwise.
+//! that every record is held, so the pod is not ready to carry traffic), 503 otherwise. `GET
+//! /metrics` serves the gate's Prometheus metrics (see `metrics`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -48,6 +49,14 @@ pub(crate) async fn serve(listener: TcpListener, gate: Arc<Gate>, stop: Cancella
 }
 
 fn answer(req: &Request<Incoming>, gate: &Gate) -> Response<Full<Bytes>> {
+    if (req.method(), req.uri().path()) == (&Method::GET, "/metrics") {
+        let mut response = Response::new(Full::new(Bytes::from(crate::metrics::render(gate))));
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+        );
+        return response;
+    }
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/livez") => (StatusCode::OK, "ok\n".to_owned()),
         (&Method::GET, "/readyz") => match gate.assignment_version() {
@@ -60,7 +69,7 @@ fn answer(req: &Request<Incoming>, gate: &Gate) -> Response<Full<Bytes>> {
         },
         (&Method::GET, _) => (
             StatusCode::NOT_FOUND,
-            "not found: try /livez or /readyz\n".to_owned(),
+            "not found: try /livez, /readyz or /metrics\n".to_owned(),
         ),
         _ => (
             StatusCode::METHOD_NOT_ALLOWED,

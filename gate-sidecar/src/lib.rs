@@ -23,7 +23,9 @@
 //! - [`sink`]: the [`Sink`] trait (ordered batches, each with an ack that resolves once
 //!   delivered), the Kafka sink ([`sink::kafka`]), the embedded JSON-lines sink
 //!   ([`sink::jsonl`]) and the discarding [`sink::NullSink`].
-//! - `health`: the optional HTTP `/livez` and `/readyz` endpoints for the kubelet.
+//! - `health`: the optional HTTP `/livez` and `/readyz` endpoints for the kubelet, and
+//!   `/metrics`.
+//! - `metrics`: the gate's Prometheus metrics, one snapshot per scrape.
 //! - `server`: listeners, the accept loop, [`run`] / [`run_with_sink`] and graceful shutdown.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -37,6 +39,7 @@ mod gate;
 mod health;
 mod known_channels;
 mod lease;
+mod metrics;
 mod server;
 pub mod sink;
 
