@@ -101,6 +101,13 @@ pub struct Config {
     )]
     pub kafka_options: Vec<String>,
 
+    /// A file of librdkafka options for the `kafka:` sink, one `name=value` per line (`#`
+    /// comments and blank lines skipped), read at start: for credentials mounted from a Secret,
+    /// which belong neither on the command line nor in the environment. `--kafka-option`s
+    /// apply after it. Values of secret-looking options are never logged.
+    #[arg(long, env = "SLUICE_KAFKA_OPTIONS_FILE", value_name = "PATH")]
+    pub kafka_options_file: Option<PathBuf>,
+
     /// Topic for records that name none.
     #[arg(long, env = "SLUICE_DEFAULT_TOPIC", default_value = "sluice-out")]
     pub default_topic: String,
@@ -447,8 +454,8 @@ pub enum ConfigError {
     /// The Kafka options are unusable.
     #[error("invalid Kafka sink configuration")]
     Kafka(#[source] KafkaConfigError),
-    /// `--kafka-option` given for a sink that is not Kafka.
-    #[error("--kafka-option only applies to a `kafka:` sink, but --sink is `{0}`")]
+    /// `--kafka-option` or `--kafka-options-file` given for a sink that is not Kafka.
+    #[error("Kafka options only apply to a `kafka:` sink, but --sink is `{0}`")]
     KafkaOptionsUnused(SinkSpec),
 }
 
@@ -500,7 +507,9 @@ impl Config {
                     .client_config()
                     .map_err(ConfigError::Kafka)?;
             }
-            None if self.kafka_options.iter().any(|o| !o.trim().is_empty()) => {
+            None if self.kafka_options.iter().any(|o| !o.trim().is_empty())
+                || self.kafka_options_file.is_some() =>
+            {
                 return Err(ConfigError::KafkaOptionsUnused(self.sink));
             }
             None => {}
@@ -570,6 +579,13 @@ impl Config {
         let SinkSpec::Kafka(bootstrap) = &self.sink else {
             return None;
         };
+        let from_file = match &self.kafka_options_file {
+            Some(path) => match read_options_file(path) {
+                Ok(options) => options,
+                Err(e) => return Some(Err(e)),
+            },
+            None => Vec::new(),
+        };
         Some(
             self.kafka_options
                 .iter()
@@ -578,7 +594,7 @@ impl Config {
                 .collect::<Result<Vec<_>, _>>()
                 .map(|options| KafkaSettings {
                     bootstrap: bootstrap.clone(),
-                    options,
+                    options: from_file.into_iter().chain(options).collect(),
                 }),
         )
     }
@@ -619,6 +635,26 @@ fn default_gate_id(deployment: &str) -> String {
         .unwrap_or_else(|| format!("{deployment}-{}", std::process::id()))
 }
 
+/// Reads `--kafka-options-file`: `name=value` lines, `#` comments and blank lines skipped.
+fn read_options_file(path: &std::path::Path) -> Result<Vec<(String, String)>, KafkaConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| KafkaConfigError::OptionsFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    text.lines()
+        .enumerate()
+        .map(|(n, line)| (n + 1, line.trim()))
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+        .map(|(n, line)| {
+            // The line may hold a secret: say where, not what.
+            parse_option(line).map_err(|_| KafkaConfigError::OptionsFileLine {
+                path: path.to_owned(),
+                line: n,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -651,6 +687,72 @@ mod tests {
         assert!(c.gate_id.as_deref().is_some_and(|g| !g.is_empty()));
         // Resolving twice gives the same id: it is stable for the process lifetime.
         assert_eq!(c.clone().validated().unwrap().gate_id, c.gate_id);
+    }
+
+    #[test]
+    fn kafka_options_come_from_the_file_first_then_the_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kafka.properties");
+        std::fs::write(
+            &file,
+            "# credentials from a Secret\n\nsasl.mechanism=PLAIN\n sasl.password = s3cret \nlinger.ms=5\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let c = parse(&[
+            "--sink",
+            "kafka:127.0.0.1:9092",
+            "--kafka-options-file",
+            path,
+            "--kafka-option",
+            "linger.ms=7",
+        ]);
+        let settings = c.kafka_settings().unwrap().unwrap();
+        let names: Vec<&str> = settings.options.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["sasl.mechanism", "sasl.password", "linger.ms", "linger.ms"]
+        );
+        assert_eq!(
+            settings.options.last().unwrap().1,
+            "7",
+            "the flag comes last"
+        );
+        assert!(
+            !settings.redacted_options().join(" ").contains("s3cret"),
+            "{:?}",
+            settings.redacted_options()
+        );
+        c.validated().expect("a valid file validates");
+
+        // A bad line is named by number, never by content.
+        std::fs::write(&file, "linger.ms=5\nsasl.password s3cret\n").unwrap();
+        let err = parse(&[
+            "--sink",
+            "kafka:127.0.0.1:9092",
+            "--kafka-options-file",
+            path,
+        ])
+        .validated()
+        .unwrap_err();
+        let text = crate::describe(&err);
+        assert!(text.contains("line 2"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+        // A missing file fails before anything starts; a file without a Kafka sink is refused.
+        let missing = dir.path().join("nope");
+        let err = parse(&[
+            "--sink",
+            "kafka:127.0.0.1:9092",
+            "--kafka-options-file",
+            missing.to_str().unwrap(),
+        ])
+        .validated()
+        .unwrap_err();
+        assert!(crate::describe(&err).contains("nope"), "{err}");
+        assert!(matches!(
+            parse(&["--kafka-options-file", path]).validated(),
+            Err(ConfigError::KafkaOptionsUnused(_))
+        ));
     }
 
     #[test]

@@ -33,7 +33,7 @@ use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, Pod, Probe, ResourceRequirements,
-    SeccompProfile, SecurityContext, Volume, VolumeMount,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -58,6 +58,16 @@ pub const ANNOTATION_SINK: &str = "sluice.dev/sink";
 pub const ANNOTATION_KAFKA_OPTIONS: &str = "sluice.dev/kafka-options";
 /// Runtime worker threads of this pod's sidecar (its `SLUICE_WORKER_THREADS`), 1 to 64.
 pub const ANNOTATION_WORKER_THREADS: &str = "sluice.dev/worker-threads";
+/// A Secret in the pod's namespace whose key [`KAFKA_SECRET_KEY`] holds librdkafka options
+/// (credentials), one `name=value` per line; mounted into the sidecar only, read by it as
+/// `SLUICE_KAFKA_OPTIONS_FILE`.
+pub const ANNOTATION_KAFKA_SECRET: &str = "sluice.dev/kafka-secret";
+/// The key of the Kafka Secret that is mounted.
+pub const KAFKA_SECRET_KEY: &str = "kafka.properties";
+/// Name of the injected volume of the Kafka Secret.
+pub const KAFKA_SECRET_VOLUME: &str = "sluice-kafka";
+/// Where the Kafka Secret is mounted, in the sidecar only.
+pub const KAFKA_SECRET_DIR: &str = "/etc/sluice/kafka";
 /// Option names that look like secrets, refused in [`ANNOTATION_KAFKA_OPTIONS`].
 const SECRET_MARKERS: &[&str] = &["password", "secret", "token", "jaas", "key", "private"];
 /// Label the Flink Kubernetes Operator sets to the FlinkDeployment's name.
@@ -181,6 +191,9 @@ pub enum Skip {
          readable by anyone who can read the pod, so pass it another way"
     )]
     SecretInAnnotation(String),
+    /// The Kafka Secret annotation is not a Secret name.
+    #[error("annotation {ANNOTATION_KAFKA_SECRET} {0:?} is not a Secret name")]
+    BadKafkaSecret(String),
     /// The worker threads annotation is not a number from 1 to 64.
     #[error("annotation {ANNOTATION_WORKER_THREADS} {0:?} is not a number from 1 to 64")]
     BadWorkerThreads(String),
@@ -280,12 +293,22 @@ pub fn mutate(
             _ => Err(Skip::BadWorkerThreads(v.to_owned())),
         })
         .transpose()?;
+    let kafka_secret = annotation(ANNOTATION_KAFKA_SECRET)
+        .map(|name| {
+            if is_dns_subdomain(name) {
+                Ok(name.to_owned())
+            } else {
+                Err(Skip::BadKafkaSecret(name.to_owned()))
+            }
+        })
+        .transpose()?;
     let pod_settings = PodSettings {
         pipeline: &pipeline,
         deployment: &deployment,
         sink: &sink,
         kafka_options: kafka_options.as_deref(),
         worker_threads,
+        kafka_secret: kafka_secret.is_some(),
     };
 
     // The Flink containers: the operator's main container, else every regular container.
@@ -308,6 +331,7 @@ pub fn mutate(
             .coordinator_ca_configmap
             .as_ref()
             .map(|_| CA_VOLUME_NAME),
+        kafka_secret.as_ref().map(|_| KAFKA_SECRET_VOLUME),
     ];
     for name in ours.into_iter().flatten() {
         if volumes.iter().any(|v| v.name == name) {
@@ -348,6 +372,9 @@ pub fn mutate(
     if let Some(configmap) = &config.coordinator_ca_configmap {
         // The list exists now: the socket volume was just added.
         append_to_list(&mut ops, &["spec", "volumes"], true, &ca_volume(configmap));
+    }
+    if let Some(secret) = &kafka_secret {
+        append_to_list(&mut ops, &["spec", "volumes"], true, &kafka_volume(secret));
     }
     let identity = [
         ("SLUICE_SOCKET", SOCKET_PATH),
@@ -480,6 +507,36 @@ fn ca_volume(configmap: &str) -> Volume {
     }
 }
 
+fn kafka_volume(secret: &str) -> Volume {
+    Volume {
+        name: KAFKA_SECRET_VOLUME.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            // Only the options file; a missing Secret or key fails the mount (the pod waits)
+            // rather than starting a sidecar without its credentials.
+            items: Some(vec![KeyToPath {
+                key: KAFKA_SECRET_KEY.into(),
+                path: KAFKA_SECRET_KEY.into(),
+                ..Default::default()
+            }]),
+            optional: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A Kubernetes object name: lowercase alphanumerics, `-` and `.`, at most 253 bytes, starting
+/// and ending alphanumeric.
+fn is_dns_subdomain(s: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !s.is_empty()
+        && s.len() <= 253
+        && s.chars().all(|c| alnum(c) || c == '-' || c == '.')
+        && s.starts_with(alnum)
+        && s.ends_with(alnum)
+}
+
 fn ca_mount() -> VolumeMount {
     // No subPath: the kubelet then updates the file when the ConfigMap changes, and the
     // sidecar reads it again at every connection, so a rotated CA is picked up without a
@@ -556,6 +613,8 @@ pub struct PodSettings<'a> {
     pub kafka_options: Option<&'a str>,
     /// Runtime worker threads ([`ANNOTATION_WORKER_THREADS`]).
     pub worker_threads: Option<u8>,
+    /// Whether the Kafka Secret volume is mounted ([`ANNOTATION_KAFKA_SECRET`]).
+    pub kafka_secret: bool,
 }
 
 /// The gate sidecar container.
@@ -610,6 +669,18 @@ pub fn sidecar(config: &InjectionConfig, pod: &PodSettings<'_>) -> Container {
     if config.coordinator_ca_configmap.is_some() {
         env.push(env_var("SLUICE_COORDINATOR_CA", CA_PATH));
         mounts.push(ca_mount());
+    }
+    if pod.kafka_secret {
+        env.push(env_var(
+            "SLUICE_KAFKA_OPTIONS_FILE",
+            &format!("{KAFKA_SECRET_DIR}/{KAFKA_SECRET_KEY}"),
+        ));
+        mounts.push(VolumeMount {
+            name: KAFKA_SECRET_VOLUME.into(),
+            mount_path: KAFKA_SECRET_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
     }
     Container {
         name: SIDECAR_NAME.into(),
@@ -926,6 +997,57 @@ mod tests {
             sink: "stdout",
             kafka_options: None,
             worker_threads: None,
+            kafka_secret: false,
+        }
+    }
+
+    #[test]
+    fn a_kafka_secret_is_mounted_read_only_into_the_sidecar_only() {
+        let pod = tm(&[(ANNOTATION_KAFKA_SECRET, "orders-kafka")]);
+        let out = apply(&pod, &mutate(&pod, Some("ns"), &config()).unwrap());
+        let spec = out.spec.as_ref().unwrap();
+        let volume = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == KAFKA_SECRET_VOLUME)
+            .unwrap();
+        let secret = volume.secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("orders-kafka"));
+        assert_eq!(secret.optional, Some(false));
+        assert_eq!(secret.items.as_ref().unwrap()[0].key, KAFKA_SECRET_KEY);
+        let side = &spec.init_containers.as_ref().unwrap()[0];
+        assert_eq!(
+            env_of(side)["SLUICE_KAFKA_OPTIONS_FILE"],
+            "/etc/sluice/kafka/kafka.properties"
+        );
+        let mount = side
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == KAFKA_SECRET_VOLUME)
+            .unwrap();
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            (KAFKA_SECRET_DIR, Some(true))
+        );
+        // The Flink containers do not see it.
+        for c in &spec.containers {
+            assert!(
+                c.volume_mounts
+                    .iter()
+                    .flatten()
+                    .all(|m| m.name != KAFKA_SECRET_VOLUME),
+                "{} mounts the Kafka Secret",
+                c.name
+            );
+        }
+        for bad in ["", "Orders", "a_b", "-a", "a/b"] {
+            let pod = tm(&[(ANNOTATION_KAFKA_SECRET, bad)]);
+            assert_eq!(
+                mutate(&pod, Some("ns"), &config()),
+                Err(Skip::BadKafkaSecret(bad.into()))
+            );
         }
     }
 

@@ -102,6 +102,23 @@ pub enum KafkaConfigError {
     /// librdkafka refused an option (unknown name or bad value).
     #[error("librdkafka refused the producer configuration")]
     Rejected(#[source] KafkaError),
+    /// `--kafka-options-file` cannot be read.
+    #[error("cannot read the Kafka options file {path}")]
+    OptionsFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line of `--kafka-options-file` is not `name=value` (not shown: it may hold a secret).
+    #[error("line {line} of the Kafka options file {path} is not name=value")]
+    OptionsFileLine {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The line number, from 1.
+        line: usize,
+    },
 }
 
 /// Parses one `name=value` option.
