@@ -45,7 +45,7 @@ pub mod sink;
 
 /// An error with its chain of causes, `a: b: c`, for logs and client-facing messages. A cause
 /// whose text its parent already shows (some errors print their source) is not repeated.
-pub(crate) fn describe(err: &dyn std::error::Error) -> String {
+pub fn describe(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut cause = err.source();
     while let Some(c) = cause {

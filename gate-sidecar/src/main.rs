@@ -28,7 +28,10 @@ fn main() -> anyhow::Result<()> {
     let config = match Config::parse().validated() {
         Ok(config) => config,
         Err(e) => Config::command()
-            .error(clap::error::ErrorKind::ValueValidation, e)
+            .error(
+                clap::error::ErrorKind::ValueValidation,
+                sluice_gate_sidecar::describe(&e),
+            )
             .exit(),
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();

@@ -380,3 +380,25 @@ async fn a_watermark_counts_only_once_the_records_before_it_are_delivered() {
         })
         .await;
 }
+
+/// A bad Kafka configuration stops the binary before anything is bound, and the message says
+/// why (the whole cause chain, not only "invalid Kafka sink configuration").
+#[test]
+fn the_binary_explains_a_refused_kafka_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("gate.sock");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gate-sidecar"))
+        .args(["--pipeline", "a/b", "--deployment", "d", "--socket"])
+        .arg(&socket)
+        .args(["--sink", "kafka:127.0.0.1:9", "--kafka-option", "acks=0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("invalid Kafka sink configuration"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("needs `acks=all`"), "{stderr}");
+    assert!(!socket.exists(), "nothing is bound for a bad configuration");
+}
