@@ -495,11 +495,7 @@ fn ca_volume(configmap: &str) -> Volume {
             name: configmap.into(),
             // Only the CA, under a fixed name; a missing key fails the mount like a missing
             // ConfigMap does.
-            items: Some(vec![KeyToPath {
-                key: CA_KEY.into(),
-                path: CA_KEY.into(),
-                ..Default::default()
-            }]),
+            items: Some(only_key(CA_KEY)),
             optional: Some(false),
             ..Default::default()
         }),
@@ -514,16 +510,21 @@ fn kafka_volume(secret: &str) -> Volume {
             secret_name: Some(secret.into()),
             // Only the options file; a missing Secret or key fails the mount (the pod waits)
             // rather than starting a sidecar without its credentials.
-            items: Some(vec![KeyToPath {
-                key: KAFKA_SECRET_KEY.into(),
-                path: KAFKA_SECRET_KEY.into(),
-                ..Default::default()
-            }]),
+            items: Some(only_key(KAFKA_SECRET_KEY)),
             optional: Some(false),
             ..Default::default()
         }),
         ..Default::default()
     }
+}
+
+/// The items of a ConfigMap or Secret volume that holds only `key`, under its own name.
+fn only_key(key: &str) -> Vec<KeyToPath> {
+    vec![KeyToPath {
+        key: key.into(),
+        path: key.into(),
+        ..Default::default()
+    }]
 }
 
 /// A Kubernetes object name: lowercase alphanumerics, `-` and `.`, at most 253 bytes, starting
@@ -541,9 +542,13 @@ fn ca_mount() -> VolumeMount {
     // No subPath: the kubelet then updates the file when the ConfigMap changes, and the
     // sidecar reads it again at every connection, so a rotated CA is picked up without a
     // restart.
+    read_only_mount(CA_VOLUME_NAME, CA_DIR)
+}
+
+fn read_only_mount(volume: &str, dir: &str) -> VolumeMount {
     VolumeMount {
-        name: CA_VOLUME_NAME.into(),
-        mount_path: CA_DIR.into(),
+        name: volume.into(),
+        mount_path: dir.into(),
         read_only: Some(true),
         ..Default::default()
     }
@@ -675,12 +680,7 @@ pub fn sidecar(config: &InjectionConfig, pod: &PodSettings<'_>) -> Container {
             "SLUICE_KAFKA_OPTIONS_FILE",
             &format!("{KAFKA_SECRET_DIR}/{KAFKA_SECRET_KEY}"),
         ));
-        mounts.push(VolumeMount {
-            name: KAFKA_SECRET_VOLUME.into(),
-            mount_path: KAFKA_SECRET_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        });
+        mounts.push(read_only_mount(KAFKA_SECRET_VOLUME, KAFKA_SECRET_DIR));
     }
     Container {
         name: SIDECAR_NAME.into(),
