@@ -14,7 +14,6 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -31,8 +30,6 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 const MAX_HANDSHAKES: usize = 128;
 /// Established connections waiting for tonic to take them.
 const READY_QUEUE: usize = 16;
-/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// A TLS connection from the gRPC listener, as tonic serves it. A newtype so that it reports
 /// the TCP peer as its connect info (tonic's own `TlsStream` impl needs its TLS features, and
@@ -111,21 +108,10 @@ async fn accept_loop(
     loop {
         // Reap finished handshakes so the set stays as small as the live ones.
         while handshakes.try_join_next().is_some() {}
-        let accepted = tokio::select! {
-            () = stop.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "gRPC: accept failed");
-                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                continue;
-            }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "gRPC: {MAX_HANDSHAKES} TLS handshakes in progress; closing a new connection");
-            continue;
+        let Some((tcp, peer, permit)) =
+            crate::accept::next(&listener, &permits, &stop, "gRPC", "TLS handshakes").await
+        else {
+            break;
         };
         // As tonic's own listener does: the control stream carries small, latency-bound
         // messages (votes).

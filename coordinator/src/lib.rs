@@ -15,6 +15,7 @@
 //! - [`webhook`]: the Kubernetes mutating admission webhook (HTTPS) that injects the gate
 //!   sidecar into Flink TaskManager pods, and its certificate reloading.
 //! - [`metrics`]: Prometheus metrics (plain HTTP).
+//! - `accept`: the bounded accept loop step the HTTP servers and gRPC TLS share.
 //!
 //! Server reflection (v1 and v1alpha) and the standard health service are served alongside.
 //!
@@ -23,6 +24,7 @@
 //! gRPC certificates before binding any listener.
 #![forbid(unsafe_code)]
 
+mod accept;
 pub mod config;
 mod cutover_service;
 mod engine;

@@ -217,22 +217,10 @@ async fn serve<H, F>(
     loop {
         // Reap finished connections so the set stays as small as the live ones.
         while connections.try_join_next().is_some() {}
-        let accepted = tokio::select! {
-            () = stop.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // E.g. out of file descriptors: wait a little rather than spin.
-                tracing::warn!(error = %e, "{name}: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "{name}: {MAX_CONNECTIONS} connections open; closing a new one");
-            continue;
+        let Some((tcp, peer, permit)) =
+            crate::accept::next(&listener, &permits, &stop, name, "connections").await
+        else {
+            break;
         };
         let handler = handler.clone();
         let tls = tls.clone();

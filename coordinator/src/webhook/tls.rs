@@ -282,7 +282,6 @@ impl ResolvesServerCert for ReloadingCert {
     }
 }
 
-/// `error: cause: cause` on one line.
 /// Longest a client may take to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -308,6 +307,7 @@ pub(crate) async fn handshake(
     }
 }
 
+/// `error: cause: cause` on one line.
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
