@@ -36,6 +36,18 @@ struct ChannelClock {
 }
 
 impl ChannelClock {
+    /// A channel first seen at `now_ms`, without a watermark or a connection.
+    fn new(now_ms: u64, closed_at_ms: Option<u64>) -> Self {
+        Self {
+            watermark: None,
+            last_active_ms: now_ms,
+            idle_marked: false,
+            connections: 0,
+            closed_at_ms,
+            busy: false,
+        }
+    }
+
     fn idle(&self, now_ms: u64, idle_timeout_ms: u64) -> bool {
         self.closed_at_ms.is_none()
             && !self.busy
@@ -83,14 +95,7 @@ impl WatermarkTracker {
         let c = self
             .channels
             .entry(channel.to_owned())
-            .or_insert(ChannelClock {
-                watermark: None,
-                last_active_ms: now_ms,
-                idle_marked: false,
-                connections: 0,
-                closed_at_ms: None,
-                busy: false,
-            });
+            .or_insert(ChannelClock::new(now_ms, None));
         c.last_active_ms = now_ms;
         c.idle_marked = false;
         c
@@ -160,14 +165,7 @@ impl WatermarkTracker {
     pub fn restore_closed(&mut self, channel: &str, now_ms: u64) {
         self.channels
             .entry(channel.to_owned())
-            .or_insert(ChannelClock {
-                watermark: None,
-                last_active_ms: now_ms,
-                idle_marked: false,
-                connections: 0,
-                closed_at_ms: Some(now_ms),
-                busy: false,
-            });
+            .or_insert(ChannelClock::new(now_ms, Some(now_ms)));
     }
 
     /// Every channel tracked at `now_ms` (what a restarted gate needs to know).
