@@ -12,8 +12,8 @@ use std::time::Duration;
 use clap::Parser as _;
 use common::{DEPLOYMENT, GATE_ID, PATIENCE, PIPELINE, Sidecar, init_tracing};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-use sluice_proto::v1::ListPipelinesRequest;
 use sluice_proto::v1::cutover_client::CutoverClient;
+use sluice_proto::v1::{ListPipelinesRequest, PipelineStatus};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -90,7 +90,8 @@ impl Coordinator {
     }
 
     /// A Cutover client over TLS, trusting `ca_pem`.
-    async fn cutover(&self, ca_pem: &str) -> CutoverClient<Channel> {
+    /// The pipelines it knows, asked over TLS trusting `ca_pem`.
+    async fn pipelines(&self, ca_pem: &str) -> Vec<PipelineStatus> {
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(ca_pem))
             .domain_name(SERVER_NAME);
@@ -102,6 +103,11 @@ impl Coordinator {
             .await
             .unwrap();
         CutoverClient::new(channel)
+            .list_pipelines(ListPipelinesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .pipelines
     }
 
     async fn stop(mut self) {
@@ -146,13 +152,7 @@ async fn a_sidecar_attaches_over_tls_with_its_ca_file() {
     assert!(body.contains("version"), "{body}");
 
     // The coordinator sees the gate attached, over the same TLS listener.
-    let mut cutover = coordinator.cutover(&pki.ca_pem).await;
-    let pipelines = cutover
-        .list_pipelines(ListPipelinesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .pipelines;
+    let pipelines = coordinator.pipelines(&pki.ca_pem).await;
     assert_eq!(pipelines.len(), 1);
     let p = &pipelines[0];
     assert_eq!(p.pipeline, PIPELINE);
@@ -189,13 +189,7 @@ async fn a_sidecar_that_does_not_trust_the_coordinator_never_attaches() {
     stays_unready(&wrong_name, Duration::from_millis(100)).await;
     stays_unready(&plaintext, Duration::from_millis(100)).await;
 
-    let mut cutover = coordinator.cutover(&pki_real.ca_pem).await;
-    let pipelines = cutover
-        .list_pipelines(ListPipelinesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .pipelines;
+    let pipelines = coordinator.pipelines(&pki_real.ca_pem).await;
     assert!(pipelines.is_empty(), "{pipelines:?}");
 
     // The same coordinator still serves a sidecar that trusts it.
