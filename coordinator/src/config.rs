@@ -306,7 +306,12 @@ impl Config {
                 return Err(ConfigError::ZeroInterval(name));
             }
         }
-        if self.gate_expiry < self.heartbeat_interval * 6 {
+        // Checked multiplication: a huge --heartbeat-interval must be an error, not a panic.
+        if self
+            .heartbeat_interval
+            .checked_mul(6)
+            .is_none_or(|min| self.gate_expiry < min)
+        {
             return Err(ConfigError::LeaseTooShort {
                 expiry: humantime::format_duration(self.gate_expiry).to_string(),
                 heartbeat: humantime::format_duration(self.heartbeat_interval).to_string(),
@@ -546,8 +551,8 @@ fn is_quantity(s: &str) -> bool {
 
 /// Whether `s` is a Kubernetes object name (a DNS subdomain: RFC 1123 labels of lowercase
 /// letters, digits and '-', joined by '.', at most 253 characters). Checked here because a pod
-/// mounting a ConfigMap under an invalid name is refused by the API server.
-fn is_object_name(s: &str) -> bool {
+/// mounting a ConfigMap or Secret under an invalid name is refused by the API server.
+pub(crate) fn is_object_name(s: &str) -> bool {
     let label_ok = |l: &str| {
         !l.is_empty()
             && l.len() <= 63
@@ -613,6 +618,11 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, ConfigError::LeaseTooShort { .. }), "{err}");
         assert!(err.to_string().contains("--gate-expiry (5s)"), "{err}");
+        // Six times a huge heartbeat overflows: still an error, not a panic.
+        assert!(matches!(
+            parse(&["--heartbeat-interval", "4000000000000000000s"]).validate(),
+            Err(ConfigError::LeaseTooShort { .. })
+        ));
         let ok = parse(&["--gate-expiry", "6s", "--heartbeat-interval", "1s"]);
         ok.validate().unwrap();
         assert_eq!(ok.gate_lease(), std::time::Duration::from_secs(3));

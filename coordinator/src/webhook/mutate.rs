@@ -295,7 +295,7 @@ pub fn mutate(
         .transpose()?;
     let kafka_secret = annotation(ANNOTATION_KAFKA_SECRET)
         .map(|name| {
-            if is_dns_subdomain(name) {
+            if crate::config::is_object_name(name) {
                 Ok(name.to_owned())
             } else {
                 Err(Skip::BadKafkaSecret(name.to_owned()))
@@ -525,17 +525,6 @@ fn only_key(key: &str) -> Vec<KeyToPath> {
         path: key.into(),
         ..Default::default()
     }]
-}
-
-/// A Kubernetes object name: lowercase alphanumerics, `-` and `.`, at most 253 bytes, starting
-/// and ending alphanumeric.
-fn is_dns_subdomain(s: &str) -> bool {
-    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
-    !s.is_empty()
-        && s.len() <= 253
-        && s.chars().all(|c| alnum(c) || c == '-' || c == '.')
-        && s.starts_with(alnum)
-        && s.ends_with(alnum)
 }
 
 fn ca_mount() -> VolumeMount {
@@ -1042,7 +1031,7 @@ mod tests {
                 c.name
             );
         }
-        for bad in ["", "Orders", "a_b", "-a", "a/b"] {
+        for bad in ["", "Orders", "a_b", "-a", "a/b", "a..b", "a.-b"] {
             let pod = tm(&[(ANNOTATION_KAFKA_SECRET, bad)]);
             assert_eq!(
                 mutate(&pod, Some("ns"), &config()),
