@@ -76,7 +76,7 @@ pub struct AdmissionRequest {
     pub namespace: Option<String>,
     /// `CREATE`, `UPDATE`, `DELETE` or `CONNECT`.
     pub operation: String,
-    /// Who asked (logged, never used for decisions).
+    /// Who asked (part of the API's request; not used for decisions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_info: Option<UserInfo>,
     /// The object as it would be stored, raw (parsed as a Pod by [`review`]).
@@ -194,7 +194,7 @@ impl Reviewed {
 
 /// Answers one `AdmissionReview` body. Pure: no I/O, never panics on any input.
 pub fn review(body: &[u8], config: &InjectionConfig) -> Reviewed {
-    let doc: Value = match serde_json::from_slice(body) {
+    let mut doc: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => return Reviewed::invalid(ReviewError::NotJson(e)),
     };
@@ -203,10 +203,15 @@ pub fn review(body: &[u8], config: &InjectionConfig) -> Reviewed {
     if api_version.as_deref() != Some(API_VERSION) || kind.as_deref() != Some(KIND) {
         return Reviewed::invalid(ReviewError::WrongType { api_version, kind });
     }
-    let Some(raw) = doc.get("request").filter(|r| r.is_object()) else {
+    // Taken out of the document rather than cloned: it holds the whole pod.
+    let Some(raw) = doc
+        .get_mut("request")
+        .filter(|r| r.is_object())
+        .map(Value::take)
+    else {
         return Reviewed::invalid(ReviewError::MissingRequest);
     };
-    let Some(uid) = field(raw, "uid") else {
+    let Some(uid) = field(&raw, "uid") else {
         return Reviewed::invalid(ReviewError::MissingUid);
     };
 
@@ -215,7 +220,7 @@ pub fn review(body: &[u8], config: &InjectionConfig) -> Reviewed {
         tracing::warn!(%uid, "{warning}");
         Reviewed::allowed(uid.clone(), Outcome::Error, vec![warning])
     };
-    let request: AdmissionRequest = match serde_json::from_value(raw.clone()) {
+    let request: AdmissionRequest = match serde_json::from_value(raw) {
         Ok(r) => r,
         Err(e) => return error(format!("sluice: cannot read the admission request: {e}")),
     };
