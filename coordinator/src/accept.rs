@@ -15,7 +15,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// The next connection on `listener` with a permit from `permits` (to hold until it is done),
 /// or `None` once `stop` fires. A connection accepted while every permit is taken is closed at
-/// once; `listener` and `what` (what a permit stands for) name it in the log line.
+/// once; `name` (the listener) and `what` (what a permit stands for) say so in the log line.
 pub(crate) async fn next(
     listener: &TcpListener,
     permits: &Arc<Semaphore>,

@@ -40,8 +40,6 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 use thiserror::Error;
 
-/// Prefix of every annotation the webhook reads or writes.
-pub const ANNOTATION_PREFIX: &str = "sluice.dev/";
 /// Opt-in annotation: `"true"` asks for the sidecar.
 pub const ANNOTATION_INJECT: &str = "sluice.dev/inject";
 /// Set on an injected pod; its presence makes the webhook leave the pod alone.
@@ -104,9 +102,6 @@ pub const CA_DIR: &str = "/etc/sluice/coordinator-ca";
 pub const CA_KEY: &str = "ca.crt";
 /// The CA file the sidecar trusts (`SLUICE_COORDINATOR_CA`).
 pub const CA_PATH: &str = "/etc/sluice/coordinator-ca/ca.crt";
-
-/// Environment variables the webhook gives the Flink containers.
-pub const JOB_ENV: [&str; 3] = ["SLUICE_SOCKET", "SLUICE_PIPELINE", "SLUICE_DEPLOYMENT"];
 
 /// What the webhook injects (from the coordinator's `--sidecar-*` flags).
 #[derive(Debug, Clone, PartialEq, Eq)]

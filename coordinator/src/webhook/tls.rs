@@ -168,11 +168,6 @@ impl ReloadingCert {
         })
     }
 
-    /// The certificate chain in service (DER, server certificate first).
-    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
-        self.current().cert.clone()
-    }
-
     fn current(&self) -> Arc<CertifiedKey> {
         // A poisoned lock still holds a valid certificate: keep serving it.
         self.current
