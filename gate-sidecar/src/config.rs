@@ -718,6 +718,7 @@ mod tests {
             "7",
             "the flag comes last"
         );
+        assert_eq!(settings.options[1].1, "s3cret", "values are trimmed");
         assert!(
             !settings.redacted_options().join(" ").contains("s3cret"),
             "{:?}",

@@ -48,8 +48,15 @@ const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(1);
 /// Longest wait for outstanding deliveries on shutdown.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Settings sluice always applies; a user option may not change them.
-const FIXED: &[(&str, &str)] = &[("acks", "all"), ("enable.idempotence", "true")];
+/// Settings sluice always applies; a user option may not change them. `request.required.acks`
+/// is librdkafka's other name for `acks`; without delivery reports for successes no batch would
+/// ever be acknowledged and the queue would never drain.
+const FIXED: &[(&str, &str)] = &[
+    ("acks", "all"),
+    ("request.required.acks", "all"),
+    ("enable.idempotence", "true"),
+    ("delivery.report.only.error", "false"),
+];
 
 /// Defaults sluice applies unless the user sets the option.
 const DEFAULTS: &[(&str, &str)] = &[
@@ -124,8 +131,9 @@ pub enum KafkaConfigError {
 /// Parses one `name=value` option.
 pub fn parse_option(s: &str) -> Result<(String, String), KafkaConfigError> {
     match s.split_once('=') {
+        // Both sides trimmed: `sasl.password = s3cret` in a properties file means `s3cret`.
         Some((name, value)) if !name.trim().is_empty() => {
-            Ok((name.trim().to_owned(), value.to_owned()))
+            Ok((name.trim().to_owned(), value.trim().to_owned()))
         }
         _ => Err(KafkaConfigError::NotPair(redact_pair(s))),
     }
@@ -181,19 +189,26 @@ impl KafkaSettings {
 fn same_setting(name: &str, value: &str, required: &str) -> bool {
     let value = value.trim().to_ascii_lowercase();
     match name {
-        "acks" => value == "all" || value == "-1",
-        _ => value == required || (required == "true" && value == "1"),
+        "acks" | "request.required.acks" => value == "all" || value == "-1",
+        _ => {
+            value == required
+                || (required == "true" && value == "1")
+                || (required == "false" && value == "0")
+        }
     }
 }
 
+/// `s` for a log line or an error: after a secret-looking name, nothing (also when the value
+/// is separated by something other than `=`, as in a mistyped `sasl.password:hunter2`).
 fn redact_pair(s: &str) -> String {
     let lower = s.to_ascii_lowercase();
-    match s.split_once('=') {
-        Some((name, _)) if SECRET_MARKERS.iter().any(|m| lower.contains(m)) => {
-            format!("{name}=***")
-        }
-        _ => s.to_owned(),
+    if !SECRET_MARKERS.iter().any(|m| lower.contains(m)) {
+        return s.to_owned();
     }
+    let name_end = s
+        .find(|c: char| c == '=' || c == ':' || c.is_whitespace())
+        .unwrap_or(s.len());
+    format!("{}=***", &s[..name_end])
 }
 
 /// The bounded count of records in librdkafka's hands.
@@ -487,6 +502,10 @@ impl KafkaSink {
 
 impl Sink for KafkaSink {
     async fn submit(&self, batch: SinkBatch) -> Result<BatchAck, SinkError> {
+        if batch.records.is_empty() {
+            // A tracker of nothing would never resolve, and its dropped sender would fail it.
+            return Ok(BatchAck::ready(Ok(())));
+        }
         let (tx, ack) = BatchAck::pending();
         let tracker = Arc::new(Tracker::new(batch.records.len(), tx));
         for chunk in batch.records.chunks(self.slots.max) {
@@ -542,7 +561,12 @@ mod tests {
     fn weakening_options_and_bad_ones_are_refused_readably() {
         for (opt, needle) in [
             ("acks=1", "acks=all"),
+            ("request.required.acks=1", "request.required.acks=all"),
             ("enable.idempotence=false", "enable.idempotence=true"),
+            (
+                "delivery.report.only.error=true",
+                "delivery.report.only.error=false",
+            ),
             ("bootstrap.servers=x:1", "--sink kafka:"),
             ("no.such.option=1", "librdkafka refused"),
         ] {
@@ -571,6 +595,17 @@ mod tests {
         assert!(shown.contains("sasl.password=***") && shown.contains("linger.ms=5"));
         let err = parse_option("ssl.key.password").unwrap_err().to_string();
         assert!(err.contains("ssl.key.password"));
+        let err = parse_option("sasl.password:hunter2")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sasl.password") && !err.contains("hunter2"),
+            "{err}"
+        );
+        assert_eq!(
+            parse_option(" sasl.password = s3cret ").unwrap(),
+            ("sasl.password".to_owned(), "s3cret".to_owned())
+        );
     }
 
     #[tokio::test]
