@@ -32,7 +32,8 @@ struct ChannelClock {
     /// When the last connection closed; `None` while one is open.
     closed_at_ms: Option<u64>,
     /// The sidecar has work outstanding for it (see the module docs).
-    busy: bool,
+    /// Connections of this id the sidecar has work outstanding for (see the module docs).
+    busy: u32,
 }
 
 impl ChannelClock {
@@ -44,13 +45,13 @@ impl ChannelClock {
             idle_marked: false,
             connections: 0,
             closed_at_ms,
-            busy: false,
+            busy: 0,
         }
     }
 
     fn idle(&self, now_ms: u64, idle_timeout_ms: u64) -> bool {
         self.closed_at_ms.is_none()
-            && !self.busy
+            && self.busy == 0
             && (self.idle_marked || now_ms.saturating_sub(self.last_active_ms) >= idle_timeout_ms)
     }
 
@@ -135,14 +136,20 @@ impl WatermarkTracker {
         }
     }
 
-    /// The sidecar has (or no longer has) work outstanding for the channel: while busy it is not
-    /// idle, and its idle timeout starts again when it stops being busy.
+    /// One connection of the channel has (`true`) or no longer has (`false`) work outstanding
+    /// for the sidecar; each `true` is matched by one `false`. While any connection of the id is
+    /// busy it is not idle (an old connection still waiting for the sink while the restarted
+    /// subtask's new one is quiet counts), and its idle timeout starts again when none is.
     pub fn set_busy(&mut self, channel: &str, busy: bool, now_ms: u64) {
         if let Some(c) = self.channels.get_mut(channel) {
-            if c.busy && !busy {
-                c.last_active_ms = now_ms;
+            if busy {
+                c.busy += 1;
+            } else if c.busy > 0 {
+                c.busy -= 1;
+                if c.busy == 0 {
+                    c.last_active_ms = now_ms;
+                }
             }
-            c.busy = busy;
         }
     }
 
@@ -152,7 +159,7 @@ impl WatermarkTracker {
             c.connections = c.connections.saturating_sub(1);
             if c.connections == 0 {
                 c.closed_at_ms = Some(now_ms);
-                c.busy = false;
+                c.busy = 0;
             }
         }
     }
@@ -265,6 +272,16 @@ mod tests {
             t.is_idle("c", 1_000),
             "the client's mark holds once not busy"
         );
+        // Two connections of one id (a reconnect while the old one waits for the sink): busy
+        // until both are done.
+        t.on_open("a", 1_200);
+        t.on_open("a", 1_210);
+        t.set_busy("a", true, 1_220);
+        t.set_busy("a", true, 1_230);
+        t.set_busy("a", false, 1_240);
+        assert!(!t.is_idle("a", 5_000), "one connection is still busy");
+        t.set_busy("a", false, 5_000);
+        assert!(t.is_idle("a", 5_100));
     }
 
     #[test]

@@ -612,6 +612,11 @@ impl<S: Sink> Channel<S> {
         {
             let mut state = self.gate.lock();
             let now = self.gate.now_ms();
+            if std::mem::take(&mut self.busy_reported) {
+                // Matches this connection's busy report; another connection of the id may
+                // still be busy.
+                state.tracker.set_busy(&self.id, false, now);
+            }
             state.tracker.on_close(&self.id, now);
             state.counters.held = state.counters.held.saturating_sub(held as u64);
         }
