@@ -7,7 +7,6 @@
 //! sidecar starts from that ceiling (`GateCore::resume`) and votes accordingly. The step makes
 //! the write rare: once per `step` of event time.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sluice_core::EventTime;
@@ -90,15 +89,7 @@ impl Ceiling {
             path: self.path.clone(),
             source,
         };
-        let dir = self
-            .path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(write)?;
-        writeln!(tmp, "{next}").map_err(write)?;
-        tmp.as_file().sync_all().map_err(write)?;
-        tmp.persist(&self.path).map_err(|e| write(e.error))?;
+        crate::atomic_file::replace(&self.path, format!("{next}\n").as_bytes()).map_err(write)?;
         self.current = Some(next);
         Ok(())
     }

@@ -9,7 +9,6 @@
 //! ids are kept; the list is written atomically (temporary file, fsync, rename) when a new
 //! channel id opens and when one expires.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -76,18 +75,13 @@ pub fn load(path: &Path) -> Result<Vec<String>, KnownChannelsError> {
 
 /// Replaces the list atomically.
 pub fn save(path: &Path, channels: &[String]) -> Result<(), KnownChannelsError> {
-    let write = || -> std::io::Result<()> {
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        let mut f = std::fs::File::create(&tmp)?;
-        let file = File {
-            format: 1,
-            channels: channels.to_vec(),
-        };
-        f.write_all(&serde_json::to_vec(&file).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+    let file = File {
+        format: 1,
+        channels: channels.to_vec(),
+    };
+    let write = || {
+        let bytes = serde_json::to_vec(&file).map_err(std::io::Error::other)?;
+        crate::atomic_file::replace(path, &bytes)
     };
     write().map_err(|source| KnownChannelsError::Write {
         path: path.into(),

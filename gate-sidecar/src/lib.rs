@@ -15,6 +15,8 @@
 //!   deciding records and applying an assignment (with its prepare vote) are mutually atomic.
 //! - `counters`: the per-gate counters reported as progress.
 //! - `known_channels`: the gate's channel ids on disk, for a restarted sidecar.
+//! - `ceiling`: the persisted high-mark ceiling a restarted sidecar votes from.
+//! - `atomic_file`: the crash-safe file replacement `ceiling` and `known_channels` use.
 //! - `lease`: fences the gate when the coordinator's lease runs out.
 //! - `channel`: one client connection: handshake, hold queue, backpressure, `Flush` acks,
 //!   protocol errors.
@@ -30,6 +32,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod atomic_file;
 mod ceiling;
 mod channel;
 pub mod config;
