@@ -11,29 +11,22 @@ use std::sync::Arc;
 
 use crate::gate::Gate;
 
-/// Fences the gate whenever its lease runs out; returns when the gate is dropped.
+/// Fences the gate whenever its lease runs out. Runs until aborted at shutdown (it holds the
+/// gate, so the lease sender never goes away while it runs).
 pub(crate) async fn enforce(gate: Arc<Gate>) {
     let mut renewed = gate.watch_lease();
     loop {
         let lease = *renewed.borrow_and_update();
         let Some(lease) = lease else {
-            if renewed.changed().await.is_err() {
-                return;
-            }
+            let _ = renewed.changed().await;
             continue;
         };
         tokio::select! {
-            changed = renewed.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-            }
+            _ = renewed.changed() => {}
             () = tokio::time::sleep_until(lease.deadline().into()) => {
                 // A renewal racing the deadline wins: `fence_if_expired` checks under the lock.
                 gate.fence_if_expired(lease);
-                if renewed.changed().await.is_err() {
-                    return;
-                }
+                let _ = renewed.changed().await;
             }
         }
     }

@@ -1,8 +1,8 @@
 //! Prometheus metrics of the gate, served as text on the health listener (`GET /metrics`).
 //!
-//! Each scrape takes one snapshot of the gate (the same numbers its progress reports carry to
-//! the coordinator) and encodes it, so the figures of one scrape are consistent with each other
-//! and nothing is counted twice.
+//! Each scrape takes one snapshot of the gate's counters and levels (the same numbers its
+//! progress reports carry to the coordinator, read under one lock) and encodes it; the
+//! assignment version is read just after, under a second one.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;

@@ -388,7 +388,8 @@ pub async fn run_with_sink<S: Sink>(
     }
     control.abort();
     lease.abort();
-    // Its last write reflects the channels as they closed.
+    // Its last round ran when `stop` fired; closing channels do not change the list (closed
+    // ids stay until they expire), so that write is the final one.
     let _ = writer.await;
     if let Some(h) = health {
         h.abort();
