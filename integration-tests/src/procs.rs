@@ -8,6 +8,7 @@ use std::fs::File;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -67,6 +68,42 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Process ids of the live [`Proc`]s, for [`end_children_on_signal`].
+static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Makes SIGINT and SIGTERM end every live [`Proc`] before this process exits (status 130):
+/// a signal skips destructors, so without this a benchmark stopped by `kill` or Ctrl-C would
+/// leave its coordinator, sidecars and broker running. For binaries; call once at start.
+pub fn end_children_on_signal() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let (mut int, mut term) = rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        ))
+    })?;
+    std::thread::spawn(move || {
+        let name = rt.block_on(async {
+            tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            }
+        });
+        let pids = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
+        eprintln!("{name}: ending {} child process(es)", pids.len());
+        for pid in pids {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        std::process::exit(130);
+    });
+    Ok(())
+}
+
 /// A child process that is killed when dropped.
 pub struct Proc {
     name: String,
@@ -98,6 +135,9 @@ impl Proc {
             .stderr(out)
             .spawn()
             .with_context(|| format!("cannot start {}", program.display()))?;
+        if let Ok(mut live) = LIVE.lock() {
+            live.push(child.id());
+        }
         Ok(Self {
             name: name.into(),
             child,
@@ -113,6 +153,9 @@ impl Proc {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Ok(mut live) = LIVE.lock() {
+            live.retain(|&pid| pid != self.child.id());
+        }
     }
 
     /// The exit status if the process has exited (reaped), `None` while it runs.

@@ -18,7 +18,8 @@ use sluice_proto::v1::{
     ServerFrame, Watermark, client_frame, server_frame,
 };
 
-/// The Flink scenarios share 2 cores: one at a time.
+/// The Flink scenarios share 2 cores: one at a time. (The Java build under `flink()` is safe to
+/// run concurrently on its own — `build.sh` installs under a lock — as the frames test does.)
 static FLINK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn flink() -> Option<Flink> {
@@ -34,8 +35,8 @@ async fn scenario(mode: BlueMode) {
 }
 
 async fn scenario_with(mode: BlueMode, tweak: impl FnOnce(&mut FlinkConfig)) {
-    let Some(flink) = flink() else { return };
     let _one_at_a_time = FLINK.lock().await;
+    let Some(flink) = flink() else { return };
     let dir = tempfile::Builder::new()
         .prefix("sluice-flink-")
         .tempdir()

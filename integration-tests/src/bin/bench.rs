@@ -123,6 +123,10 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Err(e) = procs::end_children_on_signal() {
+        eprintln!("bench failed: {e:#}");
+        return ExitCode::FAILURE;
+    }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -299,7 +303,8 @@ fn run(args: &Args) -> Result<()> {
             args.partitions,
         ))?;
     }
-    let coordinator = start_coordinator(&dir)?;
+    // Ends with this function, on success or error (the Proc is killed when dropped).
+    let (_coordinator_proc, coordinator) = start_coordinator(&dir)?;
     println!(
         "bench: tansu broker {} (memory storage), {} partitions, {}-byte values, {} records per frame, {} CPUs",
         broker.bootstrap, args.partitions, args.value_bytes, args.batch, cpus
@@ -512,7 +517,8 @@ fn percentile(samples: &[Duration], q: f64) -> Duration {
         .unwrap_or_default()
 }
 
-fn start_coordinator(dir: &Path) -> Result<u16> {
+/// The coordinator process (killed when dropped) and its gRPC port.
+fn start_coordinator(dir: &Path) -> Result<(Proc, u16)> {
     let port = free_port()?;
     let args = [
         "--listen",
@@ -528,9 +534,7 @@ fn start_coordinator(dir: &Path) -> Result<u16> {
         &dir.join("coordinator.log"),
     )?;
     wait_for_tcp(([127, 0, 0, 1], port).into(), Duration::from_secs(20))?;
-    // Lives until the benchmark process exits.
-    std::mem::forget(proc);
-    Ok(port)
+    Ok((proc, port))
 }
 
 /// A real sidecar process serving its own pipeline, so the coordinator auto-activates it.

@@ -41,6 +41,10 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Err(e) = procs::end_children_on_signal() {
+        eprintln!("demo: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let release = !cfg!(debug_assertions);
     if let Err(e) = procs::build_binaries(release) {
         eprintln!("demo: {e:#}");
