@@ -18,6 +18,7 @@ cache_install() {
     flock -x 9
     [ -f "$dest/.complete" ] && exit 0
     tmp=$(mktemp -d "$dest.tmp.XXXXXX")
+    chmod 755 "$tmp"
     trap 'rm -rf "$tmp"' EXIT
     "$fn" "$tmp" "$@"
     touch "$tmp/.complete"
