@@ -493,6 +493,7 @@ impl Config {
             late_policy: LatePolicy::Drop,
             now: false,
             ready_timeout_ms: 0,
+            force: false,
         })
     }
 

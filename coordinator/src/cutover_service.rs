@@ -64,6 +64,7 @@ fn settings_of(req: &v1::StartCutoverRequest, defaults: &Settings) -> Result<Set
         late_policy: late_policy.into(),
         now: when == v1::When::Now,
         ready_timeout_ms: req.ready_timeout_ms.unwrap_or(defaults.ready_timeout_ms),
+        force: req.force,
     };
     // The core checks again; checking here refuses bad fields before the pipeline lookup.
     settings

@@ -80,7 +80,8 @@ impl CommandError {
                 CutoverError::AlreadyRunning { .. }
                 | CutoverError::CandidateIsActive(_)
                 | CutoverError::NothingToAbort
-                | CutoverError::AlreadyCommitted { .. } => Status::failed_precondition(msg),
+                | CutoverError::AlreadyCommitted { .. }
+                | CutoverError::CandidateUnknown(_) => Status::failed_precondition(msg),
                 CutoverError::EmptyCandidate | CutoverError::Settings(_) => {
                     Status::invalid_argument(msg)
                 }
@@ -750,6 +751,7 @@ mod tests {
         let (reply, rx) = oneshot::channel();
         let settings = Settings {
             now: true,
+            force: true,
             ..Settings::default()
         };
         let cmd = Command::StartCutover {

@@ -62,6 +62,7 @@ pub(crate) fn pipeline_status(
         phase_since_ms: r.phase_since_ms,
         gates,
         last_error: r.last_error.clone().unwrap_or_default(),
+        waiting_for: p.waiting_for().unwrap_or_default(),
     }
 }
 
@@ -77,6 +78,7 @@ pub(crate) fn settings_to_wire(s: &Settings) -> v1::CutoverSettings {
         late_policy: v1::LatePolicy::from(s.late_policy) as i32,
         now: s.now,
         ready_timeout_ms: s.ready_timeout_ms,
+        force: s.force,
     }
 }
 

@@ -8,12 +8,18 @@
 use std::collections::VecDeque;
 
 use crate::EventTime;
-use crate::gate::{Decision, GateCore};
+use crate::gate::{Decision, DropReason, GateCore};
 
 /// Anything with an event time can be queued.
 pub trait Timed {
     /// The record's event time in ms.
     fn event_time(&self) -> EventTime;
+
+    /// Whether the gate found it beyond its future horizon on arrival
+    /// ([`GateCore::is_future`]): it is dropped in its turn, whatever the assignment.
+    fn is_future(&self) -> bool {
+        false
+    }
 }
 
 /// A bounded FIFO of records waiting for a decision.
@@ -58,7 +64,11 @@ impl<R: Timed> ChannelQueue<R> {
     pub fn drain(&mut self, gate: &GateCore, mut emit: impl FnMut(R, Decision)) -> usize {
         let mut n = 0;
         while let Some(head) = self.pending.front() {
-            let decision = gate.decide(head.event_time());
+            let decision = if head.is_future() {
+                Decision::Drop(DropReason::Future)
+            } else {
+                gate.decide(head.event_time())
+            };
             if decision == Decision::Hold {
                 break;
             }
@@ -123,6 +133,51 @@ mod tests {
         assert_eq!(order, vec![10, 150, 20, 30]);
         assert!(matches!(out[1].1, Decision::Drop(_)));
         assert!(q.is_empty());
+    }
+
+    #[derive(Debug, PartialEq)]
+    struct Rec(i64, bool);
+
+    impl Timed for Rec {
+        fn event_time(&self) -> EventTime {
+            self.0
+        }
+        fn is_future(&self) -> bool {
+            self.1
+        }
+    }
+
+    #[test]
+    fn a_far_future_record_is_dropped_in_its_turn_and_never_counted() {
+        const NOW: i64 = 1_700_000_000_000;
+        let mut g = GateCore::new();
+        g.set_future_horizon(Some(3_600_000));
+        let year = 365 * 24 * 3_600_000;
+        assert!(!g.is_future(NOW + 3_600_000, NOW), "at the horizon: fine");
+        assert!(g.is_future(NOW + 3_600_001, NOW));
+        assert!(g.is_future(NOW + year, NOW));
+        // A fresh gate holds everything, but a far-future record needs no assignment.
+        let mut q = ChannelQueue::new(10);
+        for (ts, future) in [(NOW + year, true), (NOW, false)] {
+            if !future {
+                g.observe(ts);
+            }
+            q.push(Rec(ts, future));
+        }
+        let mut out = vec![];
+        assert_eq!(q.drain(&g, |r, d| out.push((r, d))), 1);
+        assert_eq!(
+            out,
+            [(Rec(NOW + year, true), Decision::Drop(DropReason::Future))]
+        );
+        assert_eq!(
+            g.high_mark(),
+            Some(NOW),
+            "the outlier does not move the high mark"
+        );
+        // Without a horizon nothing is far-future.
+        g.set_future_horizon(None);
+        assert!(!g.is_future(NOW + year, NOW));
     }
 
     #[test]

@@ -5,6 +5,17 @@
 //! gate's [`Vote`]. The caller must make "observe + decide" and "apply + vote" mutually atomic
 //! (one lock around the `GateCore`), which is what makes the prepare vote sound: a gate that
 //! votes yes has decided no record at or above the barrier.
+//!
+//! **Far-future records.** One record stamped far ahead (a bad clock, a parsing bug) would
+//! raise the high mark, and with it every later barrier, by as much: the incoming deployment
+//! would then admit nothing until real time got there, and the persisted ceiling would carry the
+//! jump into every restart. A gate with a future horizon ([`GateCore::set_future_horizon`])
+//! drops a record whose event time is more than the horizon ahead of the wall clock
+//! ([`GateCore::is_future`], [`DropReason::Future`]), counted, and never lets it into the high
+//! mark. Dropping is the only sound choice: a record outside the high mark may never be
+//! admitted (the other deployment could admit it too after a barrier below it). Every gate drops
+//! such records, so none is ever admitted twice; the same horizon as Kafka 4.0's
+//! `log.message.timestamp.after.max.ms` default (1 h) means the broker would refuse them anyway.
 
 use serde::{Deserialize, Serialize};
 
@@ -139,6 +150,8 @@ pub enum DropReason {
     Barrier,
     /// It is late and the policy is `drop`.
     Late,
+    /// Its event time is beyond the gate's future horizon (see the module docs).
+    Future,
 }
 
 /// A gate's vote on a prepared barrier.
@@ -173,6 +186,8 @@ pub struct GateCore {
     high_mark: Option<EventTime>,
     /// The vote given for the current prepared epoch: a yes stays yes, a no stays no.
     vote: Option<Vote>,
+    /// Records more than this far ahead of the wall clock are dropped (see the module docs).
+    future_horizon_ms: Option<EventTime>,
 }
 
 impl GateCore {
@@ -213,9 +228,22 @@ impl GateCore {
         self.assignment.as_ref()
     }
 
-    /// The largest event time seen on any channel.
+    /// The largest event time seen on any channel (far-future records aside).
     pub fn high_mark(&self) -> Option<EventTime> {
         self.high_mark
+    }
+
+    /// Drops records more than `horizon_ms` ahead of the wall clock from now on (`None`: never).
+    pub fn set_future_horizon(&mut self, horizon_ms: Option<EventTime>) {
+        self.future_horizon_ms = horizon_ms;
+    }
+
+    /// Whether a record with event time `ts`, arriving at wall-clock time `wall_ms` (ms since
+    /// the epoch, the caller's clock), is beyond the future horizon: then the caller drops it as
+    /// [`DropReason::Future`] and does not [`observe`](Self::observe) it.
+    pub fn is_future(&self, ts: EventTime, wall_ms: EventTime) -> bool {
+        self.future_horizon_ms
+            .is_some_and(|h| ts > wall_ms.saturating_add(h))
     }
 
     /// Records that a record with event time `ts` was seen. Call before deciding it.

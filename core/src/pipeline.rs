@@ -56,6 +56,10 @@ pub struct Settings {
     pub now: bool,
     /// Give up waiting for readiness after this long (0: wait forever).
     pub ready_timeout_ms: u64,
+    /// Accept a `now` cutover to a candidate with no registered gate (see
+    /// [`CutoverError::CandidateUnknown`]).
+    #[serde(default)]
+    pub force: bool,
 }
 
 impl Default for Settings {
@@ -70,6 +74,7 @@ impl Default for Settings {
             late_policy: LatePolicy::Drop,
             now: false,
             ready_timeout_ms: 0,
+            force: false,
         }
     }
 }
@@ -372,6 +377,14 @@ pub enum CutoverError {
     /// An empty candidate id.
     #[error("candidate deployment id must not be empty")]
     EmptyCandidate,
+    /// A `now` cutover to a deployment no gate has attached as: most likely a typo, and the
+    /// output of every record at or after the barrier would go nowhere.
+    #[error(
+        "no gate of deployment {0} has attached to this pipeline; a cutover now would send the \
+         output from the barrier on to nobody. Check the name, wait for its gates (WHEN_READY), \
+         or set force"
+    )]
+    CandidateUnknown(String),
     /// Bad settings.
     #[error(transparent)]
     Settings(#[from] SettingsError),
@@ -402,6 +415,9 @@ pub struct Pipeline {
     /// Largest high mark reported by a "no" vote during this cutover.
     reported_high: Option<EventTime>,
     prepare_deadline_ms: Option<u64>,
+    /// When this pipeline was restored from its record: until every registered gate has
+    /// re-attached, nobody knows their high marks (see [`Pipeline::restore`]).
+    restored_at_ms: Option<u64>,
 }
 
 impl Pipeline {
@@ -418,18 +434,26 @@ impl Pipeline {
             votes: BTreeMap::new(),
             reported_high: None,
             prepare_deadline_ms: None,
+            restored_at_ms: None,
         }
     }
 
     /// Resumes a pipeline from its stored record after a coordinator restart. Every gate counts
     /// as disconnected since `now_ms`; a prepare whose outcome was never decided is aborted
     /// (and retried), a committed cutover resumes its drain.
+    ///
+    /// High marks are not stored (they change with every record), so until the gates re-attach
+    /// the coordinator does not know them: a barrier chosen from the gates that came back first
+    /// would fall below the others' and cost a "no" vote and an output gap. A waiting cutover
+    /// therefore prepares only once every registered gate of both deployments is back — for a
+    /// `now` cutover, or at most one prepare timeout after the restart.
     pub fn restore(
         record: PipelineRecord,
         options: PipelineOptions,
         now_ms: u64,
     ) -> (Self, Effects) {
         let mut p = Self::from_record(record, options);
+        p.restored_at_ms = Some(now_ms);
         for gate in p.record.gates.keys() {
             p.live.insert(
                 gate.clone(),
@@ -661,6 +685,9 @@ impl Pipeline {
         if self.record.active.as_deref() == Some(candidate) {
             return Err(CutoverError::CandidateIsActive(candidate.into()));
         }
+        if settings.now && !settings.force && !self.record.gates.values().any(|d| d == candidate) {
+            return Err(CutoverError::CandidateUnknown(candidate.into()));
+        }
         if self.record.active.is_none() {
             return Ok(self.activate(
                 candidate,
@@ -706,9 +733,13 @@ impl Pipeline {
             Stage::Steady { .. } => {}
             Stage::Waiting { plan } => {
                 let s = plan.settings;
-                if s.now {
+                let resuming = self
+                    .restored_at_ms
+                    .is_some_and(|at| now_ms < at.saturating_add(s.prepare_timeout_ms))
+                    && self.absent_voter().is_some();
+                if s.now && !resuming {
                     fx.merge(self.prepare(now_ms, "requested now".into()));
-                } else if let Some(why) = self.ready() {
+                } else if let (false, Ok(why)) = (s.now, self.readiness()) {
                     fx.merge(self.prepare(now_ms, why));
                 } else if s.ready_timeout_ms > 0
                     && now_ms.saturating_sub(plan.requested_at_ms) >= s.ready_timeout_ms
@@ -821,32 +852,93 @@ impl Pipeline {
         Ok(min)
     }
 
-    /// Why the candidate is ready, or `None` when it is not.
-    fn ready(&self) -> Option<String> {
-        let plan = self.record.plan()?;
+    /// A registered gate of either deployment of the running cutover whose stream is not open
+    /// (a prepare needs every one's vote, and its high mark for the barrier).
+    fn absent_voter(&self) -> Option<&str> {
+        self.voters()
+            .into_iter()
+            .find(|g| self.live.get(*g).is_none_or(|l| l.conn.is_none()))
+    }
+
+    /// While waiting: what for, for people (`None` otherwise).
+    pub fn waiting_for(&self) -> Option<String> {
+        let Stage::Waiting { plan } = &self.record.stage else {
+            return None;
+        };
+        if !plan.settings.now {
+            return self.readiness().err();
+        }
+        let gate = self.absent_voter()?;
+        Some(format!(
+            "gate {gate} is not back since the coordinator restarted (a cutover requested now \
+             waits up to one prepare timeout, {} ms, for every gate's high mark)",
+            plan.settings.prepare_timeout_ms
+        ))
+    }
+
+    /// Why the candidate is ready (`Ok`), or what it waits for (`Err`).
+    ///
+    /// Ready means: at least `min_gates` candidate gates attached; every registered gate of
+    /// both deployments attached (a disconnected one could not vote, and its high mark — which
+    /// the barrier must cover — is unknown, e.g. after a coordinator restart); and the
+    /// candidate's watermark within `max_lag_ms` of the active one's. An active deployment
+    /// whose gates are all idle (or have no channel) has nothing to catch up with.
+    pub fn readiness(&self) -> Result<String, String> {
+        let plan = self.record.plan().ok_or("no cutover is running")?;
         let s = plan.settings;
         let attached = self
             .gates_of(&plan.candidate)
             .filter(|(_, l)| l.conn.is_some())
             .count();
         if attached < s.min_gates as usize {
-            return None;
+            return Err(format!(
+                "{attached} of the {} candidate gates needed have attached",
+                s.min_gates
+            ));
         }
-        let cand = self.deployment_watermark(&plan.candidate).ok()?;
+        if let Some(gate) = self.absent_voter() {
+            let deployment = self.record.gates.get(gate).map_or("?", String::as_str);
+            return Err(format!(
+                "gate {gate} of {deployment} is not connected (it must vote, and the barrier \
+                 must cover its high mark); it is forgotten after the gate expiry"
+            ));
+        }
+        let unknown = |d: &str| format!("the watermark of {d} is not known yet");
+        let cand = self
+            .deployment_watermark(&plan.candidate)
+            .map_err(|()| unknown(&plan.candidate))?;
+        let active_id = self
+            .record
+            .active
+            .as_deref()
+            .ok_or("no active deployment")?;
         let active = self
-            .deployment_watermark(self.record.active.as_deref()?)
-            .ok()?;
+            .deployment_watermark(active_id)
+            .map_err(|()| unknown(active_id))?;
         match (cand, active) {
-            (_, None) => Some(format!("{attached} candidate gates attached")),
-            (Some(c), Some(a)) if c.saturating_add(s.max_lag_ms) >= a => Some(format!(
+            (_, None) => Ok(format!(
+                "{attached} candidate gates attached; {active_id} has nothing to catch up with"
+            )),
+            (Some(c), Some(a)) if c.saturating_add(s.max_lag_ms) >= a => Ok(format!(
                 "{attached} candidate gates attached, watermark {c} within {} ms of {a}",
                 s.max_lag_ms
             )),
-            _ => None,
+            (Some(c), Some(a)) => Err(format!(
+                "candidate watermark {c} is {} ms behind {a} (allowed: {} ms)",
+                a.saturating_sub(c),
+                s.max_lag_ms
+            )),
+            (None, Some(_)) => Err(format!(
+                "{} has no watermark yet (every channel idle)",
+                plan.candidate
+            )),
         }
     }
 
-    fn choose_barrier(&self, previous: Option<EventTime>, margin: i64) -> EventTime {
+    /// The largest high mark of every gate of both deployments (and every "no" vote's, and the
+    /// floor) plus the margin. Only high marks decide: after an aborted attempt the new barrier
+    /// follows where the gates are now, not the old barrier.
+    fn choose_barrier(&self, margin: i64) -> EventTime {
         let plan_deps: BTreeSet<&str> = self
             .record
             .plan()
@@ -863,21 +955,16 @@ impl Pipeline {
             .chain(self.reported_high)
             .chain(self.record.floor)
             .max();
-        let base = highest.map_or(margin, |h| h.saturating_add(margin));
-        match previous {
-            Some(p) if p >= base => p.saturating_add(margin.max(1)),
-            _ => base,
-        }
+        highest.map_or(margin, |h| h.saturating_add(margin))
     }
 
     fn prepare(&mut self, now_ms: u64, why: String) -> Effects {
-        let (mut plan, previous) = match &self.record.stage {
-            Stage::Waiting { plan } => (plan.clone(), None),
-            Stage::Prepared { plan, barrier } => (plan.clone(), Some(*barrier)),
-            _ => return Effects::default(),
+        let Stage::Waiting { plan } = &self.record.stage else {
+            return Effects::default();
         };
+        let mut plan = plan.clone();
         plan.attempt += 1;
-        let barrier = self.choose_barrier(previous, plan.settings.margin_ms);
+        let barrier = self.choose_barrier(plan.settings.margin_ms);
         let timeout = plan.settings.prepare_timeout_ms;
         let attempt = plan.attempt;
         self.record.stage = Stage::Prepared { plan, barrier };
@@ -906,8 +993,11 @@ impl Pipeline {
                 now_ms,
             );
         }
-        // Tell watchers about the abort, then retry with a new epoch and a larger barrier. Only
-        // the retry's state is persisted: it supersedes the aborted epoch for every gate.
+        // Tell watchers about the abort and go back to waiting: the gates release what they
+        // held (a new version without the barrier), and the retry prepares only when the
+        // candidate is ready again — with every gate back and its high mark known — so it is
+        // never committed far behind the barrier. A `now` cutover retries at once.
+        let plan = plan.clone();
         let mut fx = Effects {
             persist: true,
             events: vec![Event::PhaseChanged {
@@ -917,7 +1007,14 @@ impl Pipeline {
                 reason: format!("{why}; retrying"),
             }],
         };
-        fx.merge(self.prepare(now_ms, format!("retry after: {why}")));
+        self.record.stage = Stage::Waiting { plan };
+        self.record.version += 1;
+        self.votes.clear();
+        self.prepare_deadline_ms = None;
+        fx.merge(self.tick(now_ms));
+        if let (Stage::Waiting { .. }, Err(wait)) = (&self.record.stage, self.readiness()) {
+            fx.merge(self.phase_changed(now_ms, format!("retry after: {why}; waiting: {wait}")));
+        }
         fx
     }
 

@@ -17,6 +17,20 @@
 //! (a real Flink TaskManager failover takes longer than any sensible idle timeout). A client
 //! that is done says so with a final `i64::MAX` watermark before closing, and then does not
 //! hold anything up.
+//!
+//! Two kinds of closed channel are forgotten at once instead ([`Closed::Forgotten`]), because
+//! the gate owes nothing for them:
+//! - one whose id never brought the gate a record or a watermark, on any connection (a client
+//!   that said `Hello` and failed, or a connection refused for bad input). The gate has no
+//!   more reason to wait for it than for a subtask that has not connected yet; if the same
+//!   subtask comes back it opens as a new channel. A subtask that *did* send something, failed
+//!   and reconnects keeps counting, however its later connections end (the case the closed
+//!   rule exists for).
+//! - one whose watermark is `i64::MAX` (finished: every record before it was delivered, since
+//!   a watermark reaches the tracker only then).
+//!
+//! The sidecar persists the ids the tracker knows ([`WatermarkTracker::known`]), so neither
+//! kind comes back as "closed, watermark unknown" after a sidecar restart.
 
 use std::collections::BTreeMap;
 
@@ -31,9 +45,10 @@ struct ChannelClock {
     connections: u32,
     /// When the last connection closed; `None` while one is open.
     closed_at_ms: Option<u64>,
-    /// The sidecar has work outstanding for it (see the module docs).
     /// Connections of this id the sidecar has work outstanding for (see the module docs).
     busy: u32,
+    /// A record or a watermark arrived under this id (or an earlier sidecar run knew it).
+    spoke: bool,
 }
 
 impl ChannelClock {
@@ -46,7 +61,13 @@ impl ChannelClock {
             connections: 0,
             closed_at_ms,
             busy: 0,
+            spoke: closed_at_ms.is_some(),
         }
+    }
+
+    /// Nothing is owed for it once closed (see the module docs).
+    fn owes_nothing(&self) -> bool {
+        !self.spoke || self.watermark == Some(EventTime::MAX)
     }
 
     fn idle(&self, now_ms: u64, idle_timeout_ms: u64) -> bool {
@@ -59,6 +80,19 @@ impl ChannelClock {
         self.closed_at_ms
             .is_some_and(|at| now_ms.saturating_sub(at) >= closed_expiry_ms)
     }
+}
+
+/// What closing a connection did to its channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// Another connection of the id is still open.
+    StillOpen,
+    /// The channel keeps counting, closed, until it reconnects or expires.
+    Counting,
+    /// The channel is forgotten: it never spoke, or it finished (see the module docs).
+    Forgotten,
+    /// The id was not tracked.
+    Unknown,
 }
 
 /// The gate-level view: what the coordinator needs for readiness and drain.
@@ -120,12 +154,13 @@ impl WatermarkTracker {
 
     /// The channel sent a record: it is not idle.
     pub fn on_record(&mut self, channel: &str, now_ms: u64) {
-        self.touch(channel, now_ms);
+        self.touch(channel, now_ms).spoke = true;
     }
 
     /// The channel sent a watermark. Watermarks never go backwards on one channel.
     pub fn on_watermark(&mut self, channel: &str, watermark: EventTime, now_ms: u64) {
         let c = self.touch(channel, now_ms);
+        c.spoke = true;
         c.watermark = Some(c.watermark.map_or(watermark, |w| w.max(watermark)));
     }
 
@@ -153,15 +188,23 @@ impl WatermarkTracker {
         }
     }
 
-    /// The channel's connection closed; it keeps counting until it opens again or expires.
-    pub fn on_close(&mut self, channel: &str, now_ms: u64) {
-        if let Some(c) = self.channels.get_mut(channel) {
-            c.connections = c.connections.saturating_sub(1);
-            if c.connections == 0 {
-                c.closed_at_ms = Some(now_ms);
-                c.busy = 0;
-            }
+    /// One connection of the channel closed. When it was the last, the channel keeps counting
+    /// until it opens again or expires — unless it owes nothing (see the module docs).
+    pub fn on_close(&mut self, channel: &str, now_ms: u64) -> Closed {
+        let Some(c) = self.channels.get_mut(channel) else {
+            return Closed::Unknown;
+        };
+        c.connections = c.connections.saturating_sub(1);
+        if c.connections > 0 {
+            return Closed::StillOpen;
         }
+        if c.owes_nothing() {
+            self.channels.remove(channel);
+            return Closed::Forgotten;
+        }
+        c.closed_at_ms = Some(now_ms);
+        c.busy = 0;
+        Closed::Counting
     }
 
     /// A channel an earlier run of this gate had (persisted by the sidecar), known again as
@@ -346,6 +389,59 @@ mod tests {
         t.on_watermark("b", 95, 990);
         let c = t.clock(1_000);
         assert_eq!((c.channels, c.watermark), (1, Some(95)));
+    }
+
+    #[test]
+    fn a_channel_that_never_spoke_is_forgotten_when_it_closes() {
+        let mut t = WatermarkTracker::new(100, 600_000);
+        t.on_watermark("a", 50, 0);
+        // Hello, then a bad frame (or nothing) and the connection is gone: nothing is owed.
+        t.on_open("bad", 10);
+        assert_eq!(t.clock(20).watermark, None, "open and silent: unknown");
+        assert_eq!(t.on_close("bad", 30), Closed::Forgotten);
+        let c = t.clock(40);
+        assert_eq!((c.channels, c.watermark), (1, Some(50)));
+        assert_eq!(t.known(40).collect::<Vec<_>>(), ["a"]);
+        // Marked idle by the client and then closed: still nothing owed.
+        t.on_open("quiet", 50);
+        t.on_idle("quiet");
+        assert_eq!(t.on_close("quiet", 60), Closed::Forgotten);
+        // A subtask that sent a record, failed, and reconnects only to fail before speaking:
+        // it still owes its replay, so it keeps counting.
+        t.on_open("r", 70);
+        t.on_record("r", 71);
+        assert_eq!(t.on_close("r", 72), Closed::Counting);
+        t.on_open("r", 80);
+        assert_eq!(t.on_close("r", 81), Closed::Counting);
+        assert_eq!(
+            t.clock(500).watermark,
+            None,
+            "r has no watermark and counts"
+        );
+        // Two connections of one id: the channel is gone only with the last one.
+        t.on_open("two", 90);
+        t.on_open("two", 91);
+        assert_eq!(t.on_close("two", 92), Closed::StillOpen);
+        assert_eq!(t.on_close("two", 93), Closed::Forgotten);
+        assert_eq!(t.on_close("never-opened", 94), Closed::Unknown);
+    }
+
+    #[test]
+    fn a_finished_channel_is_forgotten_and_a_restored_one_is_not() {
+        let mut t = WatermarkTracker::new(100, 600_000);
+        t.on_open("done", 0);
+        t.on_record("done", 1);
+        t.on_watermark("done", EventTime::MAX, 2);
+        t.on_open("live", 0);
+        t.on_watermark("live", 7, 3);
+        assert_eq!(t.on_close("done", 4), Closed::Forgotten);
+        assert_eq!(t.known(5).collect::<Vec<_>>(), ["live"]);
+        // A channel restored from a predecessor's list may owe a replay: it counts, even if
+        // it reconnects and fails before speaking.
+        t.restore_closed("old", 6);
+        t.on_open("old", 7);
+        assert_eq!(t.on_close("old", 8), Closed::Counting);
+        assert_eq!(t.clock(9).watermark, None);
     }
 
     #[test]

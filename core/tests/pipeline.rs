@@ -142,6 +142,7 @@ fn a_no_vote_aborts_and_retries_with_a_new_epoch_above_the_reported_high_mark() 
     start_now(&mut p, 0);
     let (e1, t1) = (p.record().epoch, barrier(&p));
     let fx = p.vote("b1", 1, e1, false, Some(5_000), 1);
+    // A `now` cutover retries at once (no readiness to wait for).
     assert_eq!(phases(&fx.events), vec![Phase::Aborted, Phase::Prepared]);
     assert_eq!(p.record().epoch, e1 + 1);
     assert!(barrier(&p) > t1);
@@ -289,20 +290,58 @@ fn committed_cannot_be_aborted() {
 }
 
 #[test]
-fn restart_in_prepared_aborts_and_retries_and_restart_in_committed_resumes() {
+fn restart_in_prepared_aborts_then_prepares_from_the_gates_current_high_marks() {
     let mut p = running();
     start_now(&mut p, 0);
     let stored = p.record().clone();
     let (e, t) = (stored.epoch, barrier(&p));
-    let (q, fx) = Pipeline::restore(stored, PipelineOptions::default(), 10);
+    let (mut q, fx) = Pipeline::restore(stored, PipelineOptions::default(), 10);
     assert!(fx.persist);
+    assert_eq!(q.record().phase(), Phase::Waiting, "waits for its gates");
+    assert!(q.record().version > p.record().version);
+    assert_eq!(
+        q.assignment_for(BLUE).admission,
+        Admission::Active { floor: None },
+        "the gates are told the undecided epoch is gone"
+    );
+    // Two of the three gates are back: the third's high mark is still unknown.
+    let _ = q.attach("b0", BLUE, 7, progress(2_000, 1_900), 20).unwrap();
+    let _ = q
+        .attach("g0", GREEN, 7, progress(2_000, 1_900), 20)
+        .unwrap();
+    assert_eq!(q.record().phase(), Phase::Waiting);
+    let _ = q.attach("b1", BLUE, 7, progress(9_000, 1_950), 30).unwrap();
+    assert_eq!(q.record().phase(), Phase::Prepared);
     assert_eq!(
         q.record().epoch,
         e + 1,
         "the undecided epoch is never committed"
     );
-    assert!(barrier(&q) > t);
+    assert_eq!(
+        barrier(&q),
+        9_100,
+        "the gates' high marks now plus the margin, not the old barrier {t} plus the margin"
+    );
 
+    // A `now` cutover does not wait longer than one prepare timeout for a gate that stays away.
+    let stored = p.record().clone();
+    let (mut q, _) = Pipeline::restore(stored, PipelineOptions::default(), 10);
+    let _ = q.attach("b0", BLUE, 7, progress(2_000, 1_900), 20).unwrap();
+    let _ = q
+        .attach("g0", GREEN, 7, progress(2_000, 1_900), 20)
+        .unwrap();
+    let _ = q.tick(5_009);
+    assert_eq!(q.record().phase(), Phase::Waiting);
+    let _ = q.tick(5_010);
+    assert_eq!(q.record().phase(), Phase::Prepared);
+    assert_eq!(barrier(&q), 2_100);
+}
+
+#[test]
+fn restart_in_committed_resumes_the_drain() {
+    let mut p = running();
+    start_now(&mut p, 0);
+    let (e, t) = (p.record().epoch, barrier(&p));
     all_vote_yes(&mut p, e, 1);
     let stored = p.record().clone();
     let (mut q, fx) = Pipeline::restore(stored.clone(), PipelineOptions::default(), 10);
@@ -316,6 +355,80 @@ fn restart_in_prepared_aborts_and_retries_and_restart_in_committed_resumes() {
         let _ = q.attach(g, BLUE, 7, progress(t + 10, t + 10), 30).unwrap();
     }
     assert_eq!(q.record().phase(), Phase::Completed);
+}
+
+#[test]
+fn readiness_waits_for_every_gate_of_both_deployments() {
+    // Blue's sidecar is down: its watermark is not known, so green cannot be called caught up
+    // (and b1 could not vote anyway).
+    let mut p = running();
+    let _ = p.detach("b1", 1, 0);
+    let _ = p.progress("b0", 1, progress(20_000, 19_000), 0);
+    let _ = p.progress("g0", 1, progress(5_000, 4_600), 0);
+    let s = Settings {
+        max_lag_ms: 1_000,
+        ..settings()
+    };
+    let _ = p.start_cutover(GREEN, s, 1).unwrap();
+    assert_eq!(p.record().phase(), Phase::Waiting);
+    let why = p.readiness().unwrap_err();
+    assert!(why.contains("gate b1 of blue is not connected"), "{why}");
+    // b1 is back, but green is far behind blue.
+    let _ = p
+        .attach("b1", BLUE, 2, progress(20_000, 19_000), 2)
+        .unwrap();
+    assert_eq!(p.record().phase(), Phase::Waiting);
+    let why = p.readiness().unwrap_err();
+    assert!(why.contains("14400 ms behind"), "{why}");
+    let _ = p.progress("g0", 1, progress(19_500, 18_500), 3);
+    assert_eq!(p.record().phase(), Phase::Prepared);
+    assert_eq!(barrier(&p), 20_100);
+}
+
+#[test]
+fn a_retry_after_a_no_vote_checks_readiness_again() {
+    let mut p = running();
+    let s = Settings {
+        max_lag_ms: 1_000,
+        ..settings()
+    };
+    let _ = p.start_cutover(GREEN, s, 0).unwrap();
+    assert_eq!(p.record().phase(), Phase::Prepared);
+    let e = p.record().epoch;
+    // Blue had raced ahead: b1 votes no with a high mark far ahead, and green is behind it.
+    let _ = p.progress("b0", 1, progress(30_000, 29_000), 1);
+    let _ = p.progress("b1", 1, progress(30_000, 29_000), 1);
+    let fx = p.vote("b1", 1, e, false, Some(30_000), 1);
+    assert_eq!(phases(&fx.events), vec![Phase::Aborted, Phase::Waiting]);
+    assert!(p.readiness().unwrap_err().contains("behind"));
+    let _ = p.progress("g0", 1, progress(29_000, 28_500), 2);
+    let _ = p.progress("b0", 1, progress(29_000, 28_500), 2);
+    assert_eq!(p.record().phase(), Phase::Prepared);
+    assert_eq!(p.record().epoch, e + 1);
+    assert_eq!(barrier(&p), 30_100);
+}
+
+#[test]
+fn a_now_cutover_to_a_deployment_no_gate_attached_as_is_refused_unless_forced() {
+    let mut p = running();
+    let s = Settings {
+        now: true,
+        ..settings()
+    };
+    let err = p.start_cutover("grene", s, 0).unwrap_err();
+    assert_eq!(err, CutoverError::CandidateUnknown("grene".into()));
+    assert!(
+        err.to_string().contains("no gate of deployment grene"),
+        "{err}"
+    );
+    assert!(p.record().plan().is_none());
+    // WHEN_READY may name a candidate that has not started yet: it waits for its gates.
+    let _ = p.start_cutover("green-v2", settings(), 1).unwrap();
+    assert_eq!(p.record().phase(), Phase::Waiting);
+    let _ = p.abort("test", 2).unwrap();
+    let forced = Settings { force: true, ..s };
+    let _ = p.start_cutover("green-v2", forced, 3).unwrap();
+    assert_eq!(p.record().phase(), Phase::Prepared);
 }
 
 #[test]

@@ -19,6 +19,7 @@ use std::time::Duration;
 use futures::{SinkExt as _, StreamExt as _};
 use sluice_core::EventTime;
 use sluice_core::channel::{ChannelQueue, Timed};
+use sluice_core::watermark::Closed;
 use sluice_proto::framing::{FrameCodec, FrameError};
 use sluice_proto::v1::{self, ClientFrame, ErrorCode, ServerFrame, client_frame, server_frame};
 use thiserror::Error;
@@ -151,12 +152,23 @@ impl ChannelError {
 
 /// A record waiting in the hold queue.
 #[derive(Debug)]
-struct Pending(SinkRecord);
+struct Pending(SinkRecord, bool);
 
 impl Timed for Pending {
     fn event_time(&self) -> EventTime {
         self.0.event_time_ms
     }
+
+    fn is_future(&self) -> bool {
+        self.1
+    }
+}
+
+/// The wall clock in ms since the epoch: the future horizon's reference.
+fn wall_clock_ms() -> EventTime {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// A batch handed to the sink and not yet acknowledged.
@@ -337,6 +349,8 @@ struct Channel<S> {
     pending_watermarks: VecDeque<(i64, u64)>,
     /// Whether the gate's tracker was last told this channel is busy (see `report_busy`).
     busy_reported: bool,
+    /// A far-future record was logged on this connection (the rest are only counted).
+    warned_future: bool,
     /// Flushes not yet answered: `(seq, records received before it)`.
     flushes: VecDeque<(u64, u64)>,
     changes: tokio::sync::watch::Receiver<u64>,
@@ -361,6 +375,7 @@ impl<S: Sink> Channel<S> {
             in_flight: VecDeque::new(),
             pending_watermarks: VecDeque::new(),
             busy_reported: false,
+            warned_future: false,
             flushes: VecDeque::new(),
             changes,
         }
@@ -450,7 +465,7 @@ impl<S: Sink> Channel<S> {
                 let records = r
                     .records
                     .into_iter()
-                    .map(|r| Pending(to_sink_record(r, &self.default_topic)))
+                    .map(|r| Pending(to_sink_record(r, &self.default_topic), false))
                     .collect();
                 self.decide(records).await?;
             }
@@ -483,8 +498,37 @@ impl<S: Sink> Channel<S> {
         {
             let mut guard = self.gate.lock();
             let state = &mut *guard;
+            // Far-future records are dropped in their turn and stay out of the high mark and
+            // the ceiling (see `sluice_core::gate`).
+            let wall = wall_clock_ms();
+            let mut incoming = incoming;
+            for record in &mut incoming {
+                record.1 = state.core.is_future(record.event_time(), wall);
+            }
+            let future_max = incoming
+                .iter()
+                .filter(|r| r.1)
+                .map(|r| r.event_time())
+                .max();
+            if let Some(ts) = future_max {
+                state.counters.future_max = state.counters.future_max.max(Some(ts));
+                if !std::mem::replace(&mut self.warned_future, true) {
+                    tracing::warn!(
+                        channel = %self.id,
+                        event_time_ms = ts,
+                        ahead_ms = ts.saturating_sub(wall),
+                        "a record's event time is beyond the future horizon (--future-horizon): \
+                         dropped and counted as dropped_future (once per connection in this log)"
+                    );
+                }
+            }
             // The ceiling must cover a record before it can be decided (see `ceiling`).
-            if let Some(max) = incoming.iter().map(|r| r.event_time()).max() {
+            if let Some(max) = incoming
+                .iter()
+                .filter(|r| !r.1)
+                .map(|r| r.event_time())
+                .max()
+            {
                 state.ceiling.cover(max).map_err(ChannelError::Ceiling)?;
             }
             if !incoming.is_empty() {
@@ -494,13 +538,16 @@ impl<S: Sink> Channel<S> {
                 self.received += incoming.len() as u64;
             }
             for record in incoming {
-                state.core.observe(record.event_time());
+                if !record.1 {
+                    state.core.observe(record.event_time());
+                }
                 self.queue.push(record);
             }
             let counters = &mut state.counters;
             let mut dropped = 0;
-            let decided =
-                self.queue.drain(&state.core, |Pending(record), decision| {
+            let decided = self
+                .queue
+                .drain(&state.core, |Pending(record, _), decision| {
                     match counters.on_decided(decision) {
                         Verdict::Admit { late: is_late } => {
                             late += u64::from(is_late);
@@ -609,7 +656,7 @@ impl<S: Sink> Channel<S> {
     /// client never got a `FlushAck` for them, so it must resend them).
     fn close(&mut self) -> usize {
         let held = self.queue.len();
-        {
+        let closed = {
             let mut state = self.gate.lock();
             let now = self.gate.now_ms();
             if std::mem::take(&mut self.busy_reported) {
@@ -617,8 +664,13 @@ impl<S: Sink> Channel<S> {
                 // still be busy.
                 state.tracker.set_busy(&self.id, false, now);
             }
-            state.tracker.on_close(&self.id, now);
+            let closed = state.tracker.on_close(&self.id, now);
             state.counters.held = state.counters.held.saturating_sub(held as u64);
+            closed
+        };
+        if closed == Closed::Forgotten {
+            tracing::debug!(channel = %self.id, "channel closed owing nothing (never spoke, or finished): forgotten");
+            self.gate.channel_forgotten();
         }
         // Batches already handed to the sink still get delivered: count them when they are.
         let in_flight = std::mem::take(&mut self.in_flight);

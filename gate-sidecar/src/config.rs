@@ -160,6 +160,14 @@ pub struct Config {
     #[arg(long, env = "SLUICE_HIGH_MARK_STEP", default_value = "10s", value_parser = humantime::parse_duration)]
     pub high_mark_step: Duration,
 
+    /// A record whose event time is more than this far ahead of the wall clock is dropped and
+    /// counted (`dropped_future`), and does not raise the high mark: one record stamped a year
+    /// ahead would otherwise push every later barrier a year ahead. The default is Kafka 4.0's
+    /// `log.message.timestamp.after.max.ms` (the broker refuses such records anyway); `0`
+    /// turns the rule off (a far-future record then raises every later barrier).
+    #[arg(long, env = "SLUICE_FUTURE_HORIZON", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub future_horizon: Duration,
+
     /// Optional address for the HTTP health endpoints `/livez` and `/readyz` (ready once the
     /// coordinator has assigned the gate a role). Serves no data, so any address is allowed.
     #[arg(long, env = "SLUICE_HEALTH_LISTEN")]

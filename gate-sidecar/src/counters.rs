@@ -20,6 +20,10 @@ pub(crate) struct Counters {
     pub late_admitted: u64,
     /// Records held in channel queues right now.
     pub held: u64,
+    /// Records dropped as beyond the future horizon.
+    pub dropped_future: u64,
+    /// The largest event time of those.
+    pub future_max: Option<i64>,
 }
 
 /// What happens to a decided record.
@@ -55,6 +59,10 @@ impl Counters {
                 self.late_dropped += 1;
                 Verdict::Drop
             }
+            Decision::Drop(DropReason::Future) => {
+                self.dropped_future += 1;
+                Verdict::Drop
+            }
             // `ChannelQueue::drain` stops at the first held record and never emits one.
             Decision::Hold => unreachable!("a held record is never drained"),
         }
@@ -76,6 +84,8 @@ impl Counters {
             late_dropped: self.late_dropped,
             late_admitted: self.late_admitted,
             held: self.held,
+            dropped_future: self.dropped_future,
+            future_max_ms: self.future_max,
         }
     }
 }

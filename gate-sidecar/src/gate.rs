@@ -152,8 +152,14 @@ impl Gate {
         generation
     }
 
-    /// Completes when a channel opened since the last call.
-    pub async fn channel_opened_wait(&self) {
+    /// Asks the channel-list writer to drop a channel the tracker forgot on close (one that
+    /// never spoke or finished), so a restarted sidecar does not wait for it.
+    pub fn channel_forgotten(&self) {
+        self.channels_changed.notify_one();
+    }
+
+    /// Completes when a channel opened or was forgotten since the last call.
+    pub async fn channels_changed_wait(&self) {
         self.channels_changed.notified().await;
     }
 

@@ -49,13 +49,15 @@ pub(crate) fn render(gate: &Gate) -> String {
         ("shadow", counters.dropped_shadow),
         ("barrier", counters.dropped_barrier),
         ("late", counters.late_dropped),
+        ("future", counters.dropped_future),
     ] {
         dropped.get_or_create(&DropLabels { reason }).inc_by(n);
     }
     registry.register(
         "records_dropped",
         "Records dropped (cumulative): shadow = standby deployment, barrier = the other \
-         deployment owns them, late = below the floor under the drop policy",
+         deployment owns them, late = below the floor under the drop policy, future = event \
+         time beyond --future-horizon ahead of the wall clock",
         dropped,
     );
     registry.register(

@@ -122,7 +122,7 @@ impl Listeners {
     }
 }
 
-/// How often expired channels are looked for (new channel ids are written at once).
+/// How often expired channels are looked for (new and forgotten channel ids are written at once).
 const CHANNELS_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Keeps the channel list on disk current until `stop`, then writes it a last time. Each round
@@ -136,7 +136,7 @@ async fn persist_channels(
     loop {
         let stopping = tokio::select! {
             () = stop.cancelled() => true,
-            () = gate.channel_opened_wait() => false,
+            () = gate.channels_changed_wait() => false,
             () = tokio::time::sleep(CHANNELS_WRITE_INTERVAL) => false,
         };
         let (generation, now) = gate.channels_snapshot();
@@ -291,6 +291,9 @@ pub async fn run_with_sink<S: Sink>(
     }
     let expiry_ms = u64::try_from(config.closed_channel_expiry.as_millis()).unwrap_or(u64::MAX);
     let gate = Arc::new(Gate::new(identity, idle_ms, expiry_ms, ceiling));
+    let horizon = (!config.future_horizon.is_zero())
+        .then(|| i64::try_from(config.future_horizon.as_millis()).unwrap_or(i64::MAX));
+    gate.lock().core.set_future_horizon(horizon);
     let channels_file = config
         .channels_file
         .clone()

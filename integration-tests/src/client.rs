@@ -11,6 +11,24 @@ use sluice_proto::v1::{
 use tokio::net::UnixStream;
 use tokio_util::codec::Framed;
 
+fn hello(pipeline: &str, deployment: &str, channel: &str) -> Hello {
+    Hello {
+        pipeline: pipeline.into(),
+        deployment: deployment.into(),
+        channel_id: channel.into(),
+        protocol_version: 1,
+    }
+}
+
+/// The bytes of a `Hello` frame, for tests that write raw (or broken) frames after it.
+pub fn hello_frame(pipeline: &str, deployment: &str, channel: &str) -> Vec<u8> {
+    sluice_proto::framing::encode_frame(&ClientFrame {
+        kind: Some(client_frame::Kind::Hello(hello(
+            pipeline, deployment, channel,
+        ))),
+    })
+}
+
 /// One channel to a sidecar.
 pub struct Channel {
     io: Framed<UnixStream, FrameCodec<ClientFrame, ServerFrame>>,
@@ -41,14 +59,23 @@ impl Channel {
             io: Framed::new(stream, FrameCodec::default()),
             next_seq: 1,
         };
-        ch.send(client_frame::Kind::Hello(Hello {
-            pipeline: pipeline.into(),
-            deployment: deployment.into(),
-            channel_id: channel.into(),
-            protocol_version: 1,
-        }))
+        ch.send(client_frame::Kind::Hello(hello(
+            pipeline, deployment, channel,
+        )))
         .await?;
         Ok(ch)
+    }
+
+    /// Says hello a second time: a protocol error, the sidecar closes the channel.
+    pub async fn hello_again(&mut self) -> Result<()> {
+        self.send(client_frame::Kind::Hello(hello("", "", "")))
+            .await?;
+        match self.io.next().await {
+            Some(Ok(ServerFrame {
+                kind: Some(server_frame::Kind::Error(_)),
+            })) => Ok(()),
+            other => bail!("expected an Error frame, got {other:?}"),
+        }
     }
 
     async fn send(&mut self, kind: client_frame::Kind) -> Result<()> {

@@ -65,10 +65,10 @@ use sluice_core::gate::{
     AdmitKind, Applied, Assignment, Decision, DropReason, GateCore, LatePolicy, Vote,
 };
 use sluice_core::pipeline::{
-    Effects, Event, GateEventKind, GateProgress, Phase, Pipeline, PipelineOptions, PipelineRecord,
-    Settings, Stage,
+    CutoverError, Effects, Event, GateEventKind, GateProgress, Phase, Pipeline, PipelineOptions,
+    PipelineRecord, Settings, Stage,
 };
-use sluice_core::watermark::WatermarkTracker;
+use sluice_core::watermark::{Closed, WatermarkTracker};
 
 const PIPELINE: &str = "sim/pipeline";
 /// Event times are realistic epoch milliseconds: record `i` produced at sim time `p` has event
@@ -108,6 +108,10 @@ pub struct SimConfig {
     /// [`SimConfig::expiry_partitions`] this breaks exactly-once; the sidecar fences itself
     /// (holds everything) half a gate expiry after it last heard the coordinator.
     pub no_lease: bool,
+    /// Model sidecars without a future horizon: a record stamped a year ahead raises the high
+    /// mark, so the next barrier lands a year ahead and the cutover never completes (the
+    /// liveness check fails such runs).
+    pub no_future_horizon: bool,
 }
 
 impl Default for SimConfig {
@@ -122,6 +126,7 @@ impl Default for SimConfig {
             forgetful_sidecars: false,
             expiry_partitions: false,
             no_lease: false,
+            no_future_horizon: false,
         }
     }
 }
@@ -155,6 +160,9 @@ pub struct Faults {
     pub expired_gates: u32,
     /// Gates that lost their lease and fenced themselves (held everything until reassigned).
     pub fences: u32,
+    /// Connections that said Hello and failed before sending anything (fresh ids, and failed
+    /// reconnects of existing channels).
+    pub bad_connections: u32,
 }
 
 /// What one successful run did.
@@ -185,6 +193,8 @@ pub struct SimReport {
     /// deployment dropped them as barrier, shadow or late records. Allowed unless
     /// [`SimConfig::strict_idle`].
     pub idle_lost: u64,
+    /// Records stamped far ahead, dropped by every gate as beyond the future horizon.
+    pub future_dropped: u64,
     /// Prepare attempts of the cutover.
     pub attempts: u32,
     /// "no" votes seen.
@@ -205,6 +215,13 @@ pub struct SimReport {
     pub requested_before_green: bool,
     /// Sim time at the end, ms.
     pub sim_time_ms: u64,
+    /// The largest pause between two admitted records around the first cutover and in the
+    /// steady state before it, ms, when the run qualified for the check (see `check_gap`).
+    pub gap: Option<(u64, u64)>,
+    /// Liveness: the longest a cutover ran past the start of its liveness window (faults
+    /// healed, candidate caught up, request made), ms; the window's budget is
+    /// [`Sim::liveness_budget`].
+    pub slowest_settle_ms: u64,
     /// Events processed.
     pub events: u64,
     /// Assignments a gate ignored as stale.
@@ -283,6 +300,8 @@ struct Input {
     /// Sim time at which blue's sink can emit it (green: see [`Sim::avail`]).
     produced_ms: u64,
     ts: EventTime,
+    /// Stamped a year ahead (a bad clock): beyond every gate's future horizon.
+    outlier: bool,
 }
 
 /// A record as it travels through a channel.
@@ -292,13 +311,24 @@ struct Rec {
     ts: EventTime,
     /// Position in its channel: arrival order.
     seq: u32,
+    /// The gate found it beyond its future horizon when it arrived.
+    future: bool,
 }
 
 impl Timed for Rec {
     fn event_time(&self) -> EventTime {
         self.ts
     }
+
+    fn is_future(&self) -> bool {
+        self.future
+    }
 }
+
+/// The sidecars' `--future-horizon` (the default, 1 h).
+const FUTURE_HORIZON_MS: EventTime = 3_600_000;
+/// How far ahead of real time an outlier is stamped.
+const OUTLIER_AHEAD_MS: EventTime = 365 * 24 * 3_600_000;
 
 /// What a channel's client does when its input is exhausted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,8 +339,10 @@ enum EndMode {
     Idle,
     /// Just falls silent (idle after the timeout).
     Silent,
-    /// Closes its connection (a finished sink subtask).
+    /// Closes its connection without a final watermark (the gate cannot tell it finished).
     Close,
+    /// Sends the end-of-input watermark, then closes (a finished Flink sink subtask).
+    FinalMaxClose,
 }
 
 /// A channel: one sink subtask (the client) and its connection into a gate.
@@ -350,6 +382,11 @@ struct Chan {
     last_touch: u64,
     idle_marked: bool,
     wm_at_gate: Option<EventTime>,
+    /// A record or watermark reached the gate under this id since the tracker last started
+    /// tracking it (or it was restored from the channels file).
+    spoke: bool,
+    /// Closed owing nothing (never spoke, or finished): the tracker forgot it.
+    forgotten: bool,
 }
 
 /// A sidecar's gate for one deployment.
@@ -376,6 +413,14 @@ struct Gate {
     partitioned_until: u64,
     /// Commands received from the coordinator so far (each renews the lease).
     heard: u64,
+    /// Bad connections open now (said Hello and will fail before sending anything), by channel
+    /// id, with when they opened.
+    bad_open: BTreeMap<String, u64>,
+    /// Bad connections that were open when the sidecar crashed: the restarted sidecar restores
+    /// them from its channels file (closed, watermark unknown) until they expire.
+    bad_restored: BTreeMap<String, u64>,
+    /// Bad connections made so far (for unique ids).
+    bad_made: u32,
 }
 
 /// One gRPC `Attach` stream.
@@ -460,6 +505,16 @@ enum Ev {
         chan: usize,
         incarnation: u64,
     },
+    /// A connection says Hello to the gate and then fails (bad frame, or just closes).
+    BadConnect {
+        gate: usize,
+    },
+    /// The bad connection `name` of the gate's incarnation fails.
+    BadClose {
+        gate: usize,
+        incarnation: u64,
+        name: String,
+    },
 }
 
 /// How one deployment decided one record.
@@ -492,6 +547,8 @@ struct Scenario {
     frame_gap_ms: u64,
     max_net_ms: u64,
     spike_p: f64,
+    /// Chance that a client's (re)connect fails before it sends anything.
+    bad_connect_p: f64,
     /// The cutovers the orchestrator requests, one after the other.
     cutovers: Vec<CutoverSpec>,
     /// Tear the outgoing deployment down this long after the last cutover completed.
@@ -545,6 +602,9 @@ impl CutoverSpec {
             } else {
                 0
             },
+            // Without it a `now` request before the candidate's first gate attached is refused
+            // (and the orchestrator asks again later).
+            force: rng.random_bool(0.5),
         };
         let abort_in = rng.random_bool(0.12 * fr.min(1.0)).then(|| {
             let phase = if rng.random_bool(0.5) {
@@ -618,12 +678,31 @@ struct Sim<'a> {
     missing_late: u64,
     duplicated_late: u64,
     idle_lost: u64,
+    /// Far-future records, dropped by every gate that decided them.
+    future_dropped: u64,
     /// Blue's (`[0]`) and green's (`[1]`) channel of every record.
     chan_of: Vec<[usize; 2]>,
     /// Per completed cutover, the outgoing channels the coordinator did not count as live (idle)
     /// when it completed the drain.
     excused: Vec<Vec<usize>>,
     faults: Faults,
+    /// Liveness: no fault is in effect after this time (see [`Sim::check_liveness`]).
+    healed_at: u64,
+    /// Liveness: until this time a cutover may legitimately wait for a closed channel that
+    /// never comes back to expire.
+    expiry_wait_until: u64,
+    /// When the running cutover was requested.
+    requested_at: u64,
+    /// See [`SimReport::slowest_settle_ms`].
+    slowest_settle_ms: u64,
+    /// Since when the running cutover's candidate has been caught up (see `check_liveness`).
+    caught_up_since: Option<u64>,
+    /// The largest event time of a real record (not an outlier) any gate observed.
+    max_observed: Option<EventTime>,
+    /// The first completed cutover: when it committed, when it completed, its settings.
+    first_cutover: Option<(u64, u64, Settings)>,
+    /// See [`SimReport::gap`].
+    gap: Option<(u64, u64)>,
     history: Vec<String>,
     trace: Vec<String>,
 }
@@ -662,10 +741,19 @@ impl<'a> Sim<'a> {
             inputs.push(Input {
                 produced_ms: p,
                 ts: T0 + p as EventTime - jitter,
+                outlier: false,
             });
             p += rng.random_range(0..=2 * spacing_ms);
         }
         let input_end = inputs.last().map_or(0, |i| i.produced_ms);
+        // A bad clock upstream: a few records stamped a year ahead.
+        if rng.random_bool((0.2 * fr).min(1.0)) {
+            for _ in 0..rng.random_range(1..=3) {
+                let i = &mut inputs[rng.random_range(0..n)];
+                i.ts = T0 + i.produced_ms as EventTime + OUTLIER_AHEAD_MS;
+                i.outlier = true;
+            }
+        }
 
         // --- deployments -----------------------------------------------------------------
         let blue_layout: Vec<usize> = (0..2).map(|_| rng.random_range(2..=3)).collect();
@@ -712,7 +800,9 @@ impl<'a> Sim<'a> {
             green_start_ms,
             replay_speed,
             idle_timeout_ms,
-            closed_expiry_ms: idle_timeout_ms * 3,
+            // Long against the idle timeout, as in production (10 min vs 10 s), so a drain or a
+            // readiness that waits for it shows as a liveness failure.
+            closed_expiry_ms: idle_timeout_ms * 20,
             wm_interval_ms: rng.random_range(100..=300),
             heartbeat_ms: 200,
             tick_ms: 100,
@@ -721,6 +811,7 @@ impl<'a> Sim<'a> {
             frame_gap_ms: rng.random_range(5..=20),
             max_net_ms: rng.random_range(2..=40),
             spike_p: 0.02,
+            bad_connect_p: (0.1 * fr).min(1.0),
             cutovers,
             teardown_after_ms,
             break_mean_ms,
@@ -766,12 +857,16 @@ impl<'a> Sim<'a> {
                     ceiling: None,
                     partitioned_until: 0,
                     heard: 0,
+                    bad_open: BTreeMap::new(),
+                    bad_restored: BTreeMap::new(),
+                    bad_made: 0,
                 };
                 for slot in 0..nch {
-                    let end = match rng.random_range(0..4) {
+                    let end = match rng.random_range(0..5) {
                         0 => EndMode::FinalMax,
                         1 => EndMode::Idle,
                         2 => EndMode::Silent,
+                        3 => EndMode::FinalMaxClose,
                         _ => EndMode::Close,
                     };
                     gate.chans.push(chans.len());
@@ -801,6 +896,8 @@ impl<'a> Sim<'a> {
                         last_touch: 0,
                         idle_marked: false,
                         wm_at_gate: None,
+                        spoke: false,
+                        forgotten: false,
                     });
                 }
                 gates.push(gate);
@@ -876,9 +973,18 @@ impl<'a> Sim<'a> {
             missing_late: 0,
             duplicated_late: 0,
             idle_lost: 0,
+            future_dropped: 0,
             chan_of: vec![],
             excused: vec![],
             faults: Faults::default(),
+            healed_at: 0,
+            expiry_wait_until: 0,
+            requested_at: 0,
+            slowest_settle_ms: 0,
+            caught_up_since: None,
+            max_observed: None,
+            first_cutover: None,
+            gap: None,
             history: vec![],
             trace: vec![],
         };
@@ -932,6 +1038,14 @@ impl<'a> Sim<'a> {
                 self.at(t, Ev::CoordCrash);
             }
         }
+        for g in 0..self.gates.len() {
+            if self.rng.random_bool((0.3 * fr).min(1.0)) {
+                for _ in 0..self.rng.random_range(1..=3) {
+                    let t = self.rng.random_range(0..=input_end + 5_000);
+                    self.at(t, Ev::BadConnect { gate: g });
+                }
+            }
+        }
         for c in 0..self.chans.len() {
             if self.rng.random_bool((0.3 * fr).min(1.0)) {
                 for _ in 0..self.rng.random_range(1..=2) {
@@ -977,11 +1091,87 @@ impl<'a> Sim<'a> {
             self.now = t;
             self.events += 1;
             self.handle(ev)?;
+            self.check_liveness()?;
             if self.done() {
                 return Ok(());
             }
         }
         Err("event queue ran dry before the run ended".into())
+    }
+
+    /// The liveness rule of DESIGN.md: a cutover whose faults have healed and whose candidate
+    /// has caught up ends — completed, or given up within its own limits — within
+    /// [`Sim::liveness_budget`]. The window opens when the last of these happened: the request,
+    /// the end of the last fault, green's replay catching up with real time, and the expiry of
+    /// any closed channel that is never coming back (a closed channel the gate cannot know is
+    /// finished counts until it expires; that wait is the contract).
+    fn check_liveness(&mut self) -> Result<(), String> {
+        if !self.cutover_running {
+            return Ok(());
+        }
+        if self.green_started_at.is_none() {
+            return Ok(());
+        }
+        let Some(plan) = self.stored.plan().cloned() else {
+            return Ok(());
+        };
+        // Caught up, in truth (not as the coordinator sees it): every channel of both
+        // deployments has sent every record produced (in real time) more than the candidate's
+        // allowed lag ago. (A `now` cutover from a lagging deployment drains when it catches up.)
+        let lag = u64::try_from(plan.settings.max_lag_ms).unwrap_or(0);
+        let behind = (0..self.chans.len()).any(|c| {
+            let ch = &self.chans[c];
+            self.source_open(c)
+                && (!ch.resend.is_empty()
+                    || (ch.next < ch.records.len()
+                        && self.inputs[ch.records[ch.next] as usize].produced_ms + lag <= self.now))
+        });
+        if behind {
+            self.caught_up_since = None;
+            return Ok(());
+        }
+        let caught_up = *self.caught_up_since.get_or_insert(self.now);
+        let from = self
+            .requested_at
+            .max(self.healed_at)
+            .max(caught_up)
+            .max(self.expiry_wait_until);
+        let ran = self.now.saturating_sub(from);
+        self.slowest_settle_ms = self.slowest_settle_ms.max(ran);
+        let budget = self.liveness_budget(&plan.settings);
+        if ran > budget {
+            return Err(format!(
+                "liveness: the cutover to {} is still {:?} {ran} ms after its faults healed and \
+                 its candidate caught up (budget {budget} ms); waiting for: {}",
+                plan.candidate,
+                self.stored.phase(),
+                self.coord
+                    .as_ref()
+                    .map_or("coordinator down".into(), |p| match p.readiness() {
+                        Err(why) if self.stored.phase() == Phase::Waiting => why,
+                        _ => format!("phase {:?}", self.stored.phase()),
+                    })
+            ));
+        }
+        Ok(())
+    }
+
+    /// How long a healed cutover may take (see [`Sim::check_liveness`]): a retry after a vote
+    /// lost at the last moment, the barrier's margin and the drain lateness passing in real
+    /// time, watermarks trailing by the out-of-orderness bound and their interval, a silent
+    /// channel turning idle, the candidate's allowed lag, and network and tick delays.
+    fn liveness_budget(&self, s: &Settings) -> u64 {
+        let sc = &self.sc;
+        let ms = |v: i64| u64::try_from(v).unwrap_or(0);
+        2 * (s.prepare_timeout_ms + 4 * 400 + sc.tick_ms)
+            + ms(s.margin_ms)
+            + ms(s.drain_lateness_ms)
+            + ms(s.max_lag_ms)
+            + ms(sc.bound_ms)
+            + sc.wm_interval_ms
+            + sc.idle_timeout_ms
+            + 4 * sc.heartbeat_ms
+            + 3_000
     }
 
     fn tr_scenario(&mut self) {
@@ -1155,6 +1345,7 @@ impl<'a> Sim<'a> {
             }
             Ev::Partition { gate, len } => {
                 self.faults.partitions += 1;
+                self.healed_at = self.healed_at.max(self.now + len + 2_000);
                 self.gates[gate].partitioned_until = self.now + len;
                 let id = self.gates[gate].id.clone();
                 self.tr(|| format!("{id} is partitioned from the coordinator for {len} ms"));
@@ -1194,6 +1385,8 @@ impl<'a> Sim<'a> {
                 if self.chans[chan].stalled {
                     return Ok(());
                 }
+                // Stalls last at most 8 s.
+                self.healed_at = self.healed_at.max(self.now + 8_000);
                 self.faults.stalls += 1;
                 self.chans[chan].stalled = true;
                 let g = self.chans[chan].gate;
@@ -1213,8 +1406,41 @@ impl<'a> Sim<'a> {
                 if self.gates[g].alive && self.gates[g].incarnation == incarnation && !gone {
                     let now = self.now;
                     let name = self.chans[chan].name.clone();
+                    let tracked = self.chan_state(chan).0;
+                    if self.now < self.sc.faults_until_ms
+                        && self.rng.random_bool(self.sc.bad_connect_p)
+                    {
+                        // This attempt fails before it sends anything (the sidecar refuses a
+                        // bad frame, or the client dies): it must not make the gate forget a
+                        // channel that owes a replay, nor leave one behind that owes nothing.
+                        self.gates[g].tracker.on_open(&name, now);
+                        let closed = self.gates[g].tracker.on_close(&name, now);
+                        let restored = self.chans[chan].restored_at.is_some() && tracked;
+                        let want = if restored {
+                            self.chans[chan].restored_at = Some(now);
+                            Closed::Counting
+                        } else {
+                            Closed::Forgotten
+                        };
+                        if closed != want {
+                            return Err(format!(
+                                "a failed reconnect of {}/{name} made the tracker answer \
+                                 {closed:?}, the model expects {want:?}",
+                                self.gates[g].id
+                            ));
+                        }
+                        self.faults.bad_connections += 1;
+                        let id = self.gates[g].id.clone();
+                        self.tr(|| format!("{id}/{name}: a reconnect fails before speaking"));
+                        self.healed_at = self.healed_at.max(now + 1_500);
+                        let d = self.rng.random_range(100..=1_500);
+                        self.after(d, Ev::ClientConnect { chan, incarnation });
+                        return Ok(());
+                    }
                     self.gates[g].tracker.on_open(&name, now);
                     let ch = &mut self.chans[chan];
+                    ch.spoke &= tracked;
+                    ch.forgotten = false;
                     ch.attached = true;
                     ch.closed = false;
                     ch.last_touch = now;
@@ -1224,6 +1450,49 @@ impl<'a> Sim<'a> {
                     // The client re-signals the end of its input to the new sidecar, if it had.
                     ch.end_signalled = false;
                     self.wake_at(chan, now);
+                }
+            }
+            Ev::BadConnect { gate } => {
+                let g = &mut self.gates[gate];
+                if g.alive {
+                    g.bad_made += 1;
+                    let name = format!("bad{}", g.bad_made);
+                    g.tracker.on_open(&name, self.now);
+                    g.bad_open.insert(name.clone(), self.now);
+                    let incarnation = g.incarnation;
+                    self.faults.bad_connections += 1;
+                    let id = g.id.clone();
+                    self.tr(|| format!("{id}/{name}: a connection says Hello"));
+                    let d = self.rng.random_range(0..=300);
+                    self.healed_at = self.healed_at.max(self.now + d);
+                    self.after(
+                        d,
+                        Ev::BadClose {
+                            gate,
+                            incarnation,
+                            name,
+                        },
+                    );
+                }
+            }
+            Ev::BadClose {
+                gate,
+                incarnation,
+                name,
+            } => {
+                let now = self.now;
+                let g = &mut self.gates[gate];
+                if g.alive && g.incarnation == incarnation && g.bad_open.remove(&name).is_some() {
+                    let closed = g.tracker.on_close(&name, now);
+                    if closed != Closed::Forgotten {
+                        return Err(format!(
+                            "{}/{name} closed before it spoke, but the tracker answered \
+                             {closed:?}: it would hold readiness and the drain up",
+                            g.id
+                        ));
+                    }
+                    let id = g.id.clone();
+                    self.tr(|| format!("{id}/{name}: fails before speaking; forgotten"));
                 }
             }
             Ev::StallEnd { chan } => {
@@ -1295,6 +1564,31 @@ impl<'a> Sim<'a> {
     /// Checks a record about to be persisted against everything persisted before it.
     fn check_persist(&mut self, rec: &PipelineRecord) -> Result<(), String> {
         let prev = &self.stored;
+        if let Stage::Prepared { plan, barrier } = &rec.stage
+            && rec.epoch != prev.epoch
+        {
+            // No higher than needed: the largest event time any gate has observed (or the
+            // floor) plus the margin. A barrier above that sends output to the outgoing
+            // deployment for nothing (an old barrier plus the margin after a restart) or stalls
+            // the cutover (a far-future record in the high marks).
+            // (A restarted gate starts from its persisted ceiling, up to one step above what
+            // it observed.)
+            let ceilings = self.max_observed.map(|h| h + self.sc.ceiling_step_ms);
+            let need = ceilings
+                .max(rec.floor)
+                .map_or(plan.settings.margin_ms, |h| {
+                    h.saturating_add(plan.settings.margin_ms)
+                });
+            if *barrier > need {
+                return Err(format!(
+                    "barrier {} of epoch {} is above every observed event time and the floor \
+                     plus the margin ({})",
+                    fmt_ts(Some(*barrier)),
+                    rec.epoch,
+                    fmt_ts(Some(need))
+                ));
+            }
+        }
         if rec.version < prev.version || rec.epoch < prev.epoch {
             return Err(format!(
                 "persisted state went backwards: version {} -> {}, epoch {} -> {}",
@@ -1390,10 +1684,24 @@ impl<'a> Sim<'a> {
             }
             self.committed_this_cutover = None;
         }
-        if matches!(rec.stage, Stage::Waiting { .. })
-            && matches!(prev.stage, Stage::Prepared { .. } | Stage::Committed { .. })
-        {
-            return Err(format!("went back from {:?} to waiting", prev.phase()));
+        // An aborted attempt goes back to waiting for readiness (same plan, attempts counted,
+        // a new version so the gates release what they held); a commit never does.
+        match (&prev.stage, &rec.stage) {
+            (Stage::Committed { .. }, Stage::Waiting { .. }) => {
+                return Err("went back from Committed to waiting".into());
+            }
+            (Stage::Prepared { plan: before, .. }, Stage::Waiting { plan: after })
+                if after.candidate != before.candidate
+                    || after.attempt < before.attempt
+                    || rec.version <= prev.version =>
+            {
+                return Err(format!(
+                    "an aborted attempt went back to waiting as another cutover: {before:?} -> \
+                     {after:?}, version {} -> {}",
+                    prev.version, rec.version
+                ));
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -1452,6 +1760,11 @@ impl<'a> Sim<'a> {
                 } else {
                     Dep::Blue
                 };
+                if self.completions.is_empty()
+                    && let (Some(commit), Some(plan)) = (self.commit_at, previous.plan())
+                {
+                    self.first_cutover = Some((commit, self.now, plan.settings));
+                }
                 self.completions.push((to, t));
                 self.check_drain(from, t)?;
                 if last && let Some(d) = self.sc.teardown_after_ms {
@@ -1515,6 +1828,8 @@ impl<'a> Sim<'a> {
         if self.coord.is_none() {
             return;
         }
+        // Down for up to 3 s, then every gate reconnects with backoff.
+        self.healed_at = self.healed_at.max(self.now + 5_000);
         self.coord = None;
         self.coord_crashes += 1;
         self.faults.coordinator_crashes += 1;
@@ -1572,12 +1887,18 @@ impl<'a> Sim<'a> {
             Ok(fx) => {
                 self.cutovers_started += 1;
                 self.cutover_running = true;
+                self.requested_at = now;
                 self.abort_scheduled = false;
                 if first {
                     self.requested_before_green = self.green_started_at.is_none();
                 }
                 self.tr(|| format!("cutover to {} requested: {settings:?}", candidate.name()));
                 self.after_input(fx)
+            }
+            Err(e @ CutoverError::CandidateUnknown(_)) => {
+                self.tr(|| format!("cutover refused, asking again later: {e}"));
+                self.after(300, Ev::StartCutover);
+                Ok(())
             }
             Err(e) => Err(format!("start_cutover refused: {e}")),
         }
@@ -1677,6 +1998,8 @@ impl<'a> Sim<'a> {
         if !self.streams[s].alive {
             return;
         }
+        // The gate reconnects within its backoff.
+        self.healed_at = self.healed_at.max(self.now + 2_000);
         self.streams[s].alive = false;
         self.faults.stream_breaks += 1;
         let g = self.streams[s].gate;
@@ -1717,6 +2040,9 @@ impl<'a> Sim<'a> {
         } else {
             GateCore::resume(gate.ceiling)
         };
+        if !self.cfg.no_future_horizon {
+            gate.core.set_future_horizon(Some(FUTURE_HORIZON_MS));
+        }
         gate.tracker = WatermarkTracker::new(idle, expiry);
         for q in gate.queues.iter_mut() {
             *q = ChannelQueue::new(limit);
@@ -1727,13 +2053,25 @@ impl<'a> Sim<'a> {
         for &c in &chans {
             // The channels file: what the crashed incarnation tracked comes back as closed, with
             // no watermark (handed-back records come again below the one it had).
+            let gone = self.chans[c].closed && self.chans[c].end_signalled && self.chan_finished(c);
             let ch = &mut self.chans[c];
             ch.restored_at = None;
             if std::mem::take(&mut ch.persisted) {
                 self.gates[g].tracker.restore_closed(&ch.name, now);
                 ch.restored_at = Some(now);
                 ch.wm_at_gate = None;
+                ch.spoke = true;
+                if gone {
+                    // Closed without its final watermark before the crash and never back.
+                    self.expiry_wait_until = self.expiry_wait_until.max(now + expiry);
+                }
             }
+        }
+        let gate = &mut self.gates[g];
+        for (name, at) in gate.bad_restored.iter_mut() {
+            gate.tracker.restore_closed(name, now);
+            *at = now;
+            self.expiry_wait_until = self.expiry_wait_until.max(now + expiry);
         }
         for &c in &chans {
             // Each sink subtask notices the new sidecar and reconnects in its own time: until
@@ -1804,6 +2142,7 @@ impl<'a> Sim<'a> {
         self.gates[ch.gate].tracker.on_watermark(&ch.name, wm, now);
         ch.last_touch = now;
         ch.idle_marked = false;
+        ch.spoke = true;
         ch.wm_at_gate = Some(ch.wm_at_gate.map_or(wm, |w| w.max(wm)));
     }
 
@@ -1813,12 +2152,28 @@ impl<'a> Sim<'a> {
         ch.idle_marked = true;
     }
 
-    fn chan_close(&mut self, c: usize) {
+    fn chan_close(&mut self, c: usize) -> Result<(), String> {
         let now = self.now;
         let ch = &mut self.chans[c];
-        self.gates[ch.gate].tracker.on_close(&ch.name, now);
+        let closed = self.gates[ch.gate].tracker.on_close(&ch.name, now);
         ch.closed = true;
         ch.closed_at = now;
+        // Owing nothing, the tracker forgets it; otherwise it counts until it expires (this
+        // client does not come back: a drain may wait that long).
+        ch.forgotten = !ch.spoke || ch.wm_at_gate == Some(EventTime::MAX);
+        let want = if ch.forgotten {
+            Closed::Forgotten
+        } else {
+            self.expiry_wait_until = self.expiry_wait_until.max(now + self.sc.closed_expiry_ms);
+            Closed::Counting
+        };
+        if closed != want {
+            return Err(format!(
+                "closing {}/{} made the tracker answer {closed:?}, the model expects {want:?}",
+                self.gates[self.chans[c].gate].id, self.chans[c].name
+            ));
+        }
+        Ok(())
     }
 
     /// The model's view of a channel at its gate: (tracked, live).
@@ -1831,9 +2186,12 @@ impl<'a> Sim<'a> {
                 .is_some_and(|t| self.now.saturating_sub(t) < self.sc.closed_expiry_ms);
             return (restored, restored);
         }
-        // A closed channel is never idle: it counts until it reconnects or expires.
+        // A closed channel is never idle: it counts until it reconnects or expires — unless it
+        // closed owing nothing.
         let tracked = ch.attached
-            && (!ch.closed || self.now.saturating_sub(ch.closed_at) < self.sc.closed_expiry_ms);
+            && (!ch.closed
+                || (!ch.forgotten
+                    && self.now.saturating_sub(ch.closed_at) < self.sc.closed_expiry_ms));
         let live = tracked
             && (ch.closed
                 || (!ch.idle_marked
@@ -1862,6 +2220,23 @@ impl<'a> Sim<'a> {
                     Some(m) => m.zip(w).map(|(a, b)| a.min(b)),
                 });
             }
+        }
+        // Bad connections: open ones are live (no watermark) until the idle timeout; restored
+        // ones count, closed and unknown, until they expire.
+        let (idle_ms, expiry) = (self.sc.idle_timeout_ms, self.sc.closed_expiry_ms);
+        let gate = &self.gates[g];
+        let open_live = |t: &u64| now.saturating_sub(*t) < idle_ms;
+        let restored = gate
+            .bad_restored
+            .values()
+            .filter(|t| now.saturating_sub(**t) < expiry)
+            .count() as u32;
+        let open = gate.bad_open.len() as u32;
+        let open_idle = gate.bad_open.values().filter(|t| !open_live(t)).count() as u32;
+        tracked += open + restored;
+        idle += open_idle;
+        if open - open_idle + restored > 0 {
+            wm = Some(None);
         }
         let expected = (tracked, idle, wm.flatten());
         if (clock.channels, clock.idle_channels, clock.watermark) != expected {
@@ -1980,6 +2355,8 @@ impl<'a> Sim<'a> {
             return;
         }
         self.faults.sidecar_crashes += 1;
+        // Restarted within 3 s; its clients and its stream come back within 2 s more.
+        self.healed_at = self.healed_at.max(self.now + 5_000);
         let gate = &mut self.gates[g];
         gate.alive = false;
         gate.incarnation += 1;
@@ -1990,6 +2367,12 @@ impl<'a> Sim<'a> {
             self.chans[c].persisted = self.chan_state(c).0;
         }
         let gate = &mut self.gates[g];
+        // Bad connections open at the crash are on the channels file too, and so are those an
+        // earlier restart restored that have not expired yet.
+        let (now, expiry) = (self.now, self.sc.closed_expiry_ms);
+        gate.bad_restored
+            .retain(|_, t| now.saturating_sub(*t) < expiry);
+        gate.bad_restored.append(&mut gate.bad_open);
         for slot in 0..gate.chans.len() {
             let c = gate.chans[slot];
             self.chans[c].attached = false;
@@ -2095,6 +2478,7 @@ impl<'a> Sim<'a> {
                     id,
                     ts: self.inputs[id as usize].ts,
                     seq: ch.next as u32,
+                    future: false,
                 });
                 self.chans[c].next += 1;
             }
@@ -2103,21 +2487,38 @@ impl<'a> Sim<'a> {
             let name = self.chans[c].name.clone();
             let step = self.sc.ceiling_step_ms;
             let gate = &mut self.gates[g];
-            for r in &batch {
-                if gate.ceiling.is_none_or(|c| r.ts > c) {
-                    // Written ahead of the decision, so a restart never forgets a decided record.
-                    gate.ceiling = Some(r.ts.saturating_add(step));
+            let wall = T0 + now as EventTime;
+            for r in &mut batch {
+                // Far-future records stay out of the high mark and the ceiling, and are dropped.
+                r.future = gate.core.is_future(r.ts, wall);
+                if !r.future {
+                    if gate.ceiling.is_none_or(|c| r.ts > c) {
+                        // Written ahead of the decision, so a restart never forgets a decided
+                        // record.
+                        gate.ceiling = Some(r.ts.saturating_add(step));
+                    }
+                    // Observe, queue and drain together: atomic with respect to assignments.
+                    gate.core.observe(r.ts);
+                    if !self.inputs[r.id as usize].outlier {
+                        self.max_observed = self.max_observed.max(Some(r.ts));
+                    }
                 }
-                // Observe, queue and drain together: atomic with respect to assignments.
-                gate.core.observe(r.ts);
                 gate.tracker.on_record(&name, now);
                 gate.queues[slot].push(*r);
                 gate.mirrors[slot].push_back(*r);
             }
             let ch = &mut self.chans[c];
-            ch.max_ts_sent = batch.iter().map(|r| r.ts).chain(ch.max_ts_sent).max();
+            // The client's watermark follows its real records (an outlier would drag a
+            // bounded-out-of-orderness watermark a year ahead: the job's own problem).
+            ch.max_ts_sent = batch
+                .iter()
+                .filter(|r| !self.inputs[r.id as usize].outlier)
+                .map(|r| r.ts)
+                .chain(ch.max_ts_sent)
+                .max();
             ch.last_touch = now;
             ch.idle_marked = false;
+            ch.spoke = true;
             self.drain_slot(g, slot)?;
         }
         let finished = self.chan_finished(c);
@@ -2139,13 +2540,17 @@ impl<'a> Sim<'a> {
             self.chans[c].end_signalled = true;
             if !open {
                 // Torn down: the sink subtask's connection closes.
-                self.chan_close(c);
+                self.chan_close(c)?;
             } else {
                 match self.chans[c].end {
                     EndMode::FinalMax => self.chan_watermark(c, EventTime::MAX),
                     EndMode::Idle => self.chan_idle(c),
                     EndMode::Silent => {}
-                    EndMode::Close => self.chan_close(c),
+                    EndMode::Close => self.chan_close(c)?,
+                    EndMode::FinalMaxClose => {
+                        self.chan_watermark(c, EventTime::MAX);
+                        self.chan_close(c)?;
+                    }
                 }
             }
         }
@@ -2190,6 +2595,17 @@ impl<'a> Sim<'a> {
         }
         for id in 0..self.inputs.len() {
             let ts = self.inputs[id].ts;
+            if self.inputs[id].outlier && !self.cfg.no_future_horizon {
+                // Beyond every gate's horizon: dropped by whoever decided it, admitted by none.
+                for d in self.dec[id].iter().flatten() {
+                    if d.decision != Decision::Drop(DropReason::Future) {
+                        let what = "a far-future record was not dropped as such";
+                        return Err(self.record_failure(id, what, *d));
+                    }
+                }
+                self.future_dropped += 1;
+                continue;
+            }
             let owner = self.owner(ts);
             let mut owned = false;
             let mut late_admits = 0;
@@ -2241,6 +2657,56 @@ impl<'a> Sim<'a> {
                 );
                 return Err(self.record_failure_plain(id, &why));
             }
+        }
+        self.check_gap()
+    }
+
+    /// The output gap around a healed cutover stays near the steady state: when the first
+    /// cutover committed `WHEN_READY` with no fault since, and green caught up, the largest
+    /// pause between two admitted records (either deployment, sim time) from a second before
+    /// the commit to the completion exceeds the largest pause of the 20 s before by at most the
+    /// candidate's allowed lag, the out-of-orderness bound and the prepare's round trips.
+    fn check_gap(&mut self) -> Result<(), String> {
+        let Some((commit, completed, settings)) = self.first_cutover else {
+            return Ok(());
+        };
+        let caught_up = self.green_started_at.map_or(u64::MAX, |start| {
+            start * self.sc.replay_speed / (self.sc.replay_speed - 1)
+        });
+        if settings.now || commit < self.healed_at || commit < caught_up + 2_000 || commit < 22_000
+        {
+            return Ok(());
+        }
+        let mut times: Vec<u64> = self
+            .dec
+            .iter()
+            .flat_map(|d| d.iter().flatten())
+            .filter(|d| matches!(d.decision, Decision::Admit(_)))
+            .map(|d| d.at_ms)
+            .filter(|t| (commit - 22_000..=completed).contains(t))
+            .collect();
+        times.sort_unstable();
+        let largest = |from: u64, to: u64| {
+            times
+                .windows(2)
+                .filter(|w| w[0] >= from && w[1] <= to)
+                .map(|w| w[1] - w[0])
+                .max()
+                .unwrap_or(0)
+        };
+        let steady = largest(commit - 22_000, commit - 2_000);
+        let around = largest(commit - 1_000, completed);
+        let allowed = steady
+            + u64::try_from(settings.max_lag_ms + self.sc.bound_ms).unwrap_or(0)
+            + 4 * 400
+            + 1_000;
+        self.gap = Some((around, steady));
+        if around > allowed {
+            return Err(format!(
+                "output gap: {around} ms between two admitted records around the cutover \
+                 (commit at {commit} ms, completed at {completed} ms) against {steady} ms in \
+                 the 20 s before; allowed {allowed} ms"
+            ));
         }
         Ok(())
     }
@@ -2359,6 +2825,7 @@ impl<'a> Sim<'a> {
             missing_late: self.missing_late,
             duplicated_late: self.duplicated_late,
             idle_lost: self.idle_lost,
+            future_dropped: self.future_dropped,
             attempts: self.attempts,
             no_votes: self.no_votes,
             final_phase: self.stored.phase(),
@@ -2373,6 +2840,8 @@ impl<'a> Sim<'a> {
             teardown: self.teardown.is_some(),
             requested_before_green: self.requested_before_green,
             sim_time_ms: self.now,
+            slowest_settle_ms: self.slowest_settle_ms,
+            gap: self.gap,
             events: self.events,
             stale_assignments: self.stale_assignments,
             faults: self.faults.clone(),
@@ -2447,6 +2916,16 @@ pub struct Totals {
     pub events: u64,
     /// Sim time over all runs, ms.
     pub sim_ms: u64,
+    /// Runs with a connection that failed before it spoke.
+    pub bad_connections: u64,
+    /// Runs with far-future records (dropped as such).
+    pub future_dropped: u64,
+    /// The longest any cutover ran past the start of its liveness window, ms.
+    pub slowest_settle_ms: u64,
+    /// Runs whose output gap was checked, and the largest excess over steady state seen, ms.
+    pub gap_checked: u64,
+    /// See [`Totals::gap_checked`].
+    pub gap_excess_ms: u64,
 }
 
 impl Totals {
@@ -2483,6 +2962,13 @@ impl Totals {
         self.records += r.records as u64;
         self.events += r.events;
         self.sim_ms += r.sim_time_ms;
+        self.bad_connections += b(f.bad_connections > 0);
+        self.future_dropped += b(r.future_dropped > 0);
+        self.slowest_settle_ms = self.slowest_settle_ms.max(r.slowest_settle_ms);
+        if let Some((around, steady)) = r.gap {
+            self.gap_checked += 1;
+            self.gap_excess_ms = self.gap_excess_ms.max(around.saturating_sub(steady));
+        }
     }
 
     /// The coverage requirements a large enough batch of seeds must meet; the names of those it
@@ -2518,6 +3004,8 @@ impl Totals {
             ("long partition", self.partitions),
             ("late records dropped", self.late_dropped),
             ("late records admitted", self.late_admitted),
+            ("connection failed before speaking", self.bad_connections),
+            ("far-future records", self.future_dropped),
         ]
         .into_iter()
         .filter(|(_, n)| *n == 0)
@@ -2535,7 +3023,8 @@ impl fmt::Display for Totals {
              requested before green {}, teardowns {}; coordinator crashes in waiting {} / prepared \
              {} / committed {}; sidecar crashes {} (handed back {}), lost votes {}, stream breaks \
              {}, stalls {}, partitions {} (gates expired {}, fenced {}); late dropped {}, late admitted {}, late lost {}, idle-channel loss at teardown {}; \
-             stale assignments {}; \
+             stale assignments {}; bad connections {}; far-future records {}; slowest cutover \
+             after healing {} ms; output gap checked in {} runs, at most {} ms over steady state; \
              {} records, {} events, {} s of sim time",
             self.runs,
             self.failed,
@@ -2564,6 +3053,11 @@ impl fmt::Display for Totals {
             self.missing_late,
             self.idle_lost,
             self.stale_assignments,
+            self.bad_connections,
+            self.future_dropped,
+            self.slowest_settle_ms,
+            self.gap_checked,
+            self.gap_excess_ms,
             self.records,
             self.events,
             self.sim_ms / 1_000
@@ -2644,5 +3138,10 @@ impl Totals {
         self.records += o.records;
         self.events += o.events;
         self.sim_ms += o.sim_ms;
+        self.bad_connections += o.bad_connections;
+        self.future_dropped += o.future_dropped;
+        self.slowest_settle_ms = self.slowest_settle_ms.max(o.slowest_settle_ms);
+        self.gap_checked += o.gap_checked;
+        self.gap_excess_ms = self.gap_excess_ms.max(o.gap_excess_ms);
     }
 }

@@ -53,6 +53,41 @@ fn seeded_simulation_of_the_barrier_protocol() {
     }
 }
 
+/// Without faults every cutover is held to the liveness bound and, where it committed when
+/// ready, to the output-gap bound (see `Sim::check_liveness` and `Sim::check_gap`); the
+/// default batch checks liveness under faults too, once they heal.
+#[test]
+fn fault_free_runs_complete_in_bounded_time_with_a_bounded_output_gap() {
+    let cfg = SimConfig {
+        fault_rate: 0.0,
+        ..SimConfig::default()
+    };
+    let (totals, failures) = run_seeds("no faults", seeds() / 2, &cfg);
+    assert_no_failures(&failures);
+    if seeds() >= 500 {
+        assert!(totals.gap_checked > 100, "too few gap checks: {totals}");
+    }
+}
+
+/// The checks can fail: sidecars without a future horizon let a record stamped a year ahead
+/// into their high marks, and the barrier lands a year ahead (green would admit nothing for a
+/// year, and a cutover in progress never completes while blue runs).
+#[test]
+fn without_a_future_horizon_one_outlier_poisons_the_barrier() {
+    let cfg = SimConfig {
+        no_future_horizon: true,
+        ..SimConfig::default()
+    };
+    let (_, failures) = run_seeds("no future horizon", 300, &cfg);
+    assert!(!failures.is_empty(), "no run noticed the poisoned barrier");
+    for f in &failures {
+        assert!(
+            f.message.contains("above every observed event time") || f.message.contains("liveness"),
+            "{f}"
+        );
+    }
+}
+
 #[test]
 fn the_same_seed_replays_the_same_run() {
     let cfg = SimConfig::default();

@@ -67,22 +67,40 @@ async fn a_prepare_interrupted_by_a_restart_is_retried_in_a_new_epoch() {
     server.stop().await.unwrap();
     drop((b1, g1));
 
+    // Restarted: the undecided epoch is gone, and the next barrier waits for every gate to be
+    // back (their high marks are not stored).
     let server = TestServer::start(&state, &[]).await;
     let status = get(&server, P).await;
-    assert_eq!(status.phase, Phase::Prepared as i32);
-    assert_eq!(status.epoch, old.epoch + 1, "{status:?}");
-    let new_barrier = status.barrier_ms.unwrap();
-    assert!(new_barrier > old.barrier_ms.unwrap());
+    assert_eq!(status.phase, Phase::Waiting as i32, "{status:?}");
+    assert_eq!(status.epoch, old.epoch, "{status:?}");
+    assert!(
+        status
+            .waiting_for
+            .contains("is not back since the coordinator restarted"),
+        "{status:?}"
+    );
 
     let mut watch = Watch::open(&server, P).await;
-    let (mut b1, mut g1) = blue_and_green(&server, P).await;
+    // Blue went on while the coordinator was down.
+    let mut b1 = FakeGate::attach(&server, P, "blue", "blue-1", progress(5_000, 4_900))
+        .await
+        .unwrap();
+    assert_eq!(get(&server, P).await.phase, Phase::Waiting as i32);
+    let mut g1 = FakeGate::attach(&server, P, "green", "green-1", progress(1_000, 900))
+        .await
+        .unwrap();
     // Late yes votes for the old epoch must not commit anything.
     for g in [&b1, &g1] {
         g.vote(old.epoch, true, Some(1_000)).await;
     }
+    let new_barrier = 5_100;
     for g in [&mut b1, &mut g1] {
         let a = g.wait_prepared(Some(old.epoch + 1)).await;
-        assert_eq!(a.barrier_ms, Some(new_barrier));
+        assert_eq!(
+            a.barrier_ms,
+            Some(new_barrier),
+            "the gates' high marks now plus the margin, not the old barrier plus the margin"
+        );
         g.vote_on(&a).await;
     }
     let changes = watch.phases_until(Phase::Committed).await;

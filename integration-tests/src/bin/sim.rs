@@ -49,6 +49,10 @@ struct Args {
     /// with --expiry-partitions; shows why the fence is needed).
     #[arg(long)]
     no_lease: bool,
+    /// Sidecars without a future horizon: a record stamped a year ahead poisons the barrier
+    /// (the liveness check fails such runs; shows why far-future records are dropped).
+    #[arg(long)]
+    no_future_horizon: bool,
     /// Worker threads for a range of seeds.
     #[arg(long, default_value_t = 2)]
     jobs: usize,
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
         forgetful_sidecars: args.forgetful_sidecars,
         expiry_partitions: args.expiry_partitions,
         no_lease: args.no_lease,
+        no_future_horizon: args.no_future_horizon,
         ..SimConfig::default()
     };
     if let Some(seed) = args.seed {
