@@ -165,7 +165,7 @@ impl Timed for Pending {
 }
 
 /// The wall clock in ms since the epoch: the future horizon's reference.
-fn wall_clock_ms() -> EventTime {
+pub(crate) fn wall_clock_ms() -> EventTime {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

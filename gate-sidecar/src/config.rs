@@ -81,6 +81,29 @@ pub struct Config {
     #[arg(long, env = "SLUICE_LISTEN_TCP")]
     pub listen_tcp: Option<SocketAddr>,
 
+    /// Serve the Kafka front on this address (loopback only, unless `--allow-non-loopback`): a
+    /// job's stock Kafka producer points `bootstrap.servers` here and writes through the gate.
+    /// Off by default.
+    #[arg(long, env = "SLUICE_KAFKA_LISTEN")]
+    pub kafka_listen: Option<SocketAddr>,
+
+    /// The real cluster behind the Kafka front, `HOST:PORT[,HOST:PORT...]`. Defaults to the
+    /// `--sink kafka:` bootstrap servers.
+    #[arg(long, env = "SLUICE_KAFKA_UPSTREAM")]
+    pub kafka_upstream: Option<String>,
+
+    /// Where the Kafka front takes a record's event time: `record-timestamp` (CreateTime, what
+    /// Flink's KafkaSink sets from the element's timestamp), `json:/POINTER` (a field of a JSON
+    /// value: ms, or an RFC 3339 string) or `header:NAME` (decimal ms, or 8 bytes). A record
+    /// without one is refused with INVALID_RECORD and counted, never guessed.
+    #[arg(long, env = "SLUICE_EVENT_TIME", default_value = "record-timestamp")]
+    pub event_time: crate::kafka_front::EventTimeSource,
+
+    /// The Kafka front's channels carry no watermarks: their watermark is the largest event
+    /// time sent minus this (approximate; set it to the job's out-of-orderness bound or more).
+    #[arg(long, env = "SLUICE_KAFKA_WATERMARK_BOUND", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub kafka_watermark_bound: Duration,
+
     /// Allow `--listen-tcp` on a non-loopback address. The channel protocol has no
     /// authentication, so this exposes the gate to anyone who can reach the address.
     #[arg(long, env = "SLUICE_ALLOW_NON_LOOPBACK")]
@@ -453,6 +476,15 @@ pub enum ConfigError {
          pass --allow-non-loopback to expose it anyway"
     )]
     NonLoopback(SocketAddr),
+    /// `--kafka-listen` names a non-loopback address without `--allow-non-loopback`.
+    #[error(
+        "--kafka-listen {0} is not a loopback address; the Kafka front is unauthenticated, pass \
+         --allow-non-loopback to expose it anyway"
+    )]
+    KafkaNonLoopback(SocketAddr),
+    /// The Kafka front has no cluster to forward to.
+    #[error("--kafka-listen needs --kafka-upstream HOST:PORT (or a --sink kafka:...)")]
+    KafkaUpstreamMissing,
     /// `--default-topic` is empty.
     #[error("--default-topic must not be empty")]
     EmptyTopic,
@@ -468,6 +500,20 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The real cluster behind the Kafka front: `--kafka-upstream`, else the Kafka sink's.
+    pub fn kafka_bootstrap(&self) -> Vec<String> {
+        let list = match (&self.kafka_upstream, &self.sink) {
+            (Some(u), _) => u.as_str(),
+            (None, SinkSpec::Kafka(b)) => b.as_str(),
+            (None, _) => "",
+        };
+        list.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
     /// Checks every setting and fills in the gate id, so the result can be used as is.
     ///
     /// Idempotent: a validated config validates again to itself.
@@ -504,6 +550,14 @@ impl Config {
             && !self.allow_non_loopback
         {
             return Err(ConfigError::NonLoopback(addr));
+        }
+        if let Some(addr) = self.kafka_listen {
+            if !addr.ip().is_loopback() && !self.allow_non_loopback {
+                return Err(ConfigError::KafkaNonLoopback(addr));
+            }
+            if self.kafka_bootstrap().is_empty() {
+                return Err(ConfigError::KafkaUpstreamMissing);
+            }
         }
         if self.default_topic.is_empty() {
             return Err(ConfigError::EmptyTopic);

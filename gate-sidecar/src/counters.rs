@@ -24,6 +24,8 @@ pub(crate) struct Counters {
     pub dropped_future: u64,
     /// The largest event time of those.
     pub future_max: Option<i64>,
+    /// Records refused by the Kafka front for want of a usable event time.
+    pub no_event_time: u64,
 }
 
 /// What happens to a decided record.
@@ -86,6 +88,7 @@ impl Counters {
             held: self.held,
             dropped_future: self.dropped_future,
             future_max_ms: self.future_max,
+            refused_no_event_time: self.no_event_time,
         }
     }
 }

@@ -25,6 +25,8 @@
 //! - [`sink`]: the [`Sink`] trait (ordered batches, each with an ack that resolves once
 //!   delivered), the Kafka sink ([`sink::kafka`]), the embedded JSON-lines sink
 //!   ([`sink::jsonl`]) and the discarding [`sink::NullSink`].
+//! - `kafka_front`: the Kafka front — the sidecar listens like a Kafka cluster, so a stock
+//!   Kafka producer writes through the same gate (`--kafka-listen`).
 //! - `health`: the optional HTTP `/livez` and `/readyz` endpoints for the kubelet, and
 //!   `/metrics`.
 //! - `metrics`: the gate's Prometheus metrics, one snapshot per scrape.
@@ -40,6 +42,7 @@ mod control;
 mod counters;
 mod gate;
 mod health;
+mod kafka_front;
 mod known_channels;
 mod lease;
 mod metrics;

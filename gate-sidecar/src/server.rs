@@ -90,6 +90,8 @@ pub struct Listeners {
     pub tcp: Option<TcpListener>,
     /// The HTTP health endpoints' listener (`/livez`, `/readyz`).
     pub health: Option<TcpListener>,
+    /// The Kafka front's bootstrap listener.
+    pub kafka: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -114,10 +116,12 @@ impl Listeners {
         })?;
         let tcp = bind_tcp(config.listen_tcp).await?;
         let health = bind_tcp(config.health_listen).await?;
+        let kafka = bind_tcp(config.kafka_listen).await?;
         Ok(Self {
             unix: Some(unix),
             tcp,
             health,
+            kafka,
         })
     }
 }
@@ -336,8 +340,29 @@ pub async fn run_with_sink<S: Sink>(
     ));
     let mut channels = JoinSet::new();
     let mut conn: u64 = 0;
-    let Listeners { unix, tcp, health } = listeners;
+    let Listeners {
+        unix,
+        tcp,
+        health,
+        kafka,
+    } = listeners;
     let health = health.map(|l| tokio::spawn(health::serve(l, gate.clone(), stop.clone())));
+    let kafka = kafka.map(|l| {
+        let settings = crate::kafka_front::FrontSettings {
+            bootstrap: config.kafka_bootstrap(),
+            event_time: config.event_time.clone(),
+            max_frame: config.max_frame_bytes,
+            hold_limit: config.hold_limit,
+            watermark_bound_ms: i64::try_from(config.kafka_watermark_bound.as_millis())
+                .unwrap_or(i64::MAX),
+        };
+        tokio::spawn(crate::kafka_front::serve(
+            l,
+            settings,
+            gate.clone(),
+            stop.clone(),
+        ))
+    });
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -397,6 +422,9 @@ pub async fn run_with_sink<S: Sink>(
     if let Some(h) = health {
         h.abort();
     }
+    if let Some(k) = kafka {
+        k.abort();
+    }
     let flushed = sink.flush().await.map_err(SidecarError::Sink);
     if let Some(path) = unix_path
         && let Err(e) = std::fs::remove_file(&path)
@@ -450,6 +478,9 @@ fn log_startup(
         socket = unix_path.map(|p| p.display().to_string()),
         tcp = listeners.tcp.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
         health = listeners.health.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
+        kafka_front = listeners.kafka.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
+        kafka_upstream = config.kafka_listen.map(|_| config.kafka_bootstrap().join(",")),
+        event_time = config.kafka_listen.map(|_| config.event_time.to_string()),
         sink = %config.sink,
         default_topic = %config.default_topic,
         hold_limit = config.hold_limit,

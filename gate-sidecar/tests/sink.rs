@@ -292,6 +292,7 @@ async fn channels_also_work_over_loopback_tcp() {
             unix: None,
             tcp: Some(tcp),
             health: None,
+            kafka: None,
         },
         async {
             let _ = stopped.await;

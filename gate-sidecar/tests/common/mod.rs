@@ -415,6 +415,7 @@ impl Sidecar {
             unix: Some(UnixListener::bind(&config.socket).unwrap()),
             tcp: None,
             health: Some(health),
+            kafka: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(sluice_gate_sidecar::run_with_sink(

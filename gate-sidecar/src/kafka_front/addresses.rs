@@ -1,0 +1,151 @@
+//! Clients must only ever see the front: every broker address in a response is rewritten to a
+//! local port of this sidecar, one per upstream broker (node id), bound the first time the
+//! broker is named. A connection to that port is proxied to that broker, so a client's
+//! per-leader connections keep going to the right leader through the gate.
+//!
+//! Port per broker rather than one port for all: with one port the front would have to split
+//! every Produce by partition leader and answer as several brokers at once; with a port per
+//! node the client does the routing, as it does against a real cluster.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use kafka_protocol::messages::{
+    DescribeClusterResponse, FindCoordinatorResponse, MetadataResponse, ProduceResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+
+/// Starts serving a newly bound broker port: `(listener, node id)`.
+pub type Serve = Arc<dyn Fn(TcpListener, i32) + Send + Sync>;
+
+/// Upstream brokers and the local ports standing in for them.
+pub struct BrokerMap {
+    bind_ip: IpAddr,
+    nodes: Mutex<BTreeMap<i32, (String, SocketAddr)>>,
+    serve: Serve,
+}
+
+impl BrokerMap {
+    /// A map whose broker ports are bound on `bind_ip` (the front's own address) and served by
+    /// `serve`.
+    pub fn new(bind_ip: IpAddr, serve: Serve) -> Self {
+        Self {
+            bind_ip,
+            nodes: Mutex::new(BTreeMap::new()),
+            serve,
+        }
+    }
+
+    /// The upstream `host:port` of `node`, as last named by the cluster.
+    pub async fn upstream(&self, node: i32) -> Option<String> {
+        self.nodes.lock().await.get(&node).map(|(u, _)| u.clone())
+    }
+
+    /// The local address standing in for `node` at `host:port`, bound on first sight.
+    pub async fn local(&self, node: i32, host: &str, port: i32) -> std::io::Result<SocketAddr> {
+        let upstream = format!("{host}:{port}");
+        let mut nodes = self.nodes.lock().await;
+        if let Some((u, local)) = nodes.get_mut(&node) {
+            // A broker that moved keeps its local port; new connections go to the new address.
+            *u = upstream;
+            return Ok(*local);
+        }
+        let listener = TcpListener::bind((self.bind_ip, 0)).await?;
+        let local = listener.local_addr()?;
+        tracing::info!(node, %upstream, %local, "Kafka front: serving an upstream broker on a local port");
+        nodes.insert(node, (upstream, local));
+        (self.serve)(listener, node);
+        Ok(local)
+    }
+
+    async fn rewrite(&self, node: i32, host: &mut StrBytes, port: &mut i32) -> std::io::Result<()> {
+        let local = self.local(node, host.as_str(), *port).await?;
+        *host = StrBytes::from_string(local.ip().to_string());
+        *port = i32::from(local.port());
+        Ok(())
+    }
+
+    /// Metadata: every broker.
+    pub async fn metadata(&self, r: &mut MetadataResponse) -> std::io::Result<()> {
+        for b in &mut r.brokers {
+            self.rewrite(b.node_id.0, &mut b.host, &mut b.port).await?;
+        }
+        Ok(())
+    }
+
+    /// FindCoordinator: the single node (v0–3) or every coordinator (v4+).
+    pub async fn find_coordinator(&self, r: &mut FindCoordinatorResponse) -> std::io::Result<()> {
+        if r.error_code == 0 && r.node_id.0 >= 0 {
+            self.rewrite(r.node_id.0, &mut r.host, &mut r.port).await?;
+        }
+        for c in &mut r.coordinators {
+            if c.error_code == 0 && c.node_id.0 >= 0 {
+                self.rewrite(c.node_id.0, &mut c.host, &mut c.port).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// DescribeCluster: every broker.
+    pub async fn describe_cluster(&self, r: &mut DescribeClusterResponse) -> std::io::Result<()> {
+        for b in &mut r.brokers {
+            self.rewrite(b.broker_id.0, &mut b.host, &mut b.port)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Produce (v10+): the new leaders' endpoints (KIP-951).
+    pub async fn produce(&self, r: &mut ProduceResponse) -> std::io::Result<()> {
+        for e in &mut r.node_endpoints {
+            self.rewrite(e.node_id.0, &mut e.host, &mut e.port).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::BrokerId;
+    use kafka_protocol::messages::metadata_response::MetadataResponseBroker;
+
+    #[tokio::test]
+    async fn every_broker_gets_one_local_port_and_keeps_it() {
+        let served = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = served.clone();
+        let map = BrokerMap::new(
+            "127.0.0.1".parse().unwrap(),
+            Arc::new(move |_l, node| s.lock().unwrap().push(node)),
+        );
+        let broker = |id: i32, host: &str| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(id))
+                .with_host(StrBytes::from_string(host.into()))
+                .with_port(9092)
+        };
+        let mut r = MetadataResponse::default();
+        r.brokers = vec![broker(1, "kafka-1.internal"), broker(2, "kafka-2.internal")];
+        map.metadata(&mut r).await.unwrap();
+        let first: Vec<(String, i32)> = r
+            .brokers
+            .iter()
+            .map(|b| (b.host.to_string(), b.port))
+            .collect();
+        assert!(first.iter().all(|(h, _)| h == "127.0.0.1"), "{first:?}");
+        assert_ne!(first[0].1, first[1].1);
+        // Named again (the same or a moved broker): the same local port, no new listener.
+        let mut again = MetadataResponse::default();
+        again.brokers = vec![broker(2, "kafka-2b.internal")];
+        map.metadata(&mut again).await.unwrap();
+        assert_eq!(again.brokers[0].port, first[1].1);
+        assert_eq!(*served.lock().unwrap(), [1, 2]);
+        assert_eq!(
+            map.upstream(2).await.as_deref(),
+            Some("kafka-2b.internal:9092")
+        );
+    }
+}

@@ -1,0 +1,466 @@
+//! The Kafka front: the sidecar listens like a Kafka cluster on loopback, so a job's stock Kafka
+//! producer (Flink's `KafkaSink`, a SQL `kafka` table, any client) writes through the gate by
+//! pointing `bootstrap.servers` at it. It is a filtering pass-through proxy in front of the real
+//! cluster, never a broker of its own: producer ids, sequences and transactions stay the
+//! cluster's.
+//!
+//! Layout (codec, routing and policy apart):
+//! - `frame`: size-prefixed frames, request/response headers, typed bodies.
+//! - `versions`: the APIs served, at which versions, and how; the ApiVersions intersection.
+//! - `addresses`: a local port per upstream broker; every broker address in a response
+//!   rewritten to it.
+//! - `produce`: the policy — every record of every batch decided by the same gate as native
+//!   channels, batches rebuilt from the admitted records.
+//! - `sequences`: client sequences mapped to upstream sequences for idempotent producers.
+//! - `event_time`: a record's event time (`--event-time`).
+//! - this module: the listeners and the per-connection loop.
+//!
+//! Each client connection is served one request at a time, in order: a request is decided,
+//! forwarded and answered before the next is read (the client's further requests wait in the
+//! socket — backpressure, bounded by TCP). That keeps responses in request order and a
+//! partition's batches in sequence order without bookkeeping; the price is one upstream round
+//! trip per request per connection (see the README's benchmark section). A closed connection
+//! has nothing outstanding, so its channels end as finished; the watermark of a Kafka channel
+//! is derived (largest event time sent minus `--kafka-watermark-bound`), so a drain through the
+//! front is approximate until it is checked against Flink's REST API (not built yet).
+
+mod addresses;
+mod event_time;
+mod frame;
+mod produce;
+mod sequences;
+mod versions;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt as _, StreamExt as _};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::api_versions_response::{ApiVersion, ApiVersionsResponse};
+use kafka_protocol::messages::{
+    ApiKey, DescribeClusterResponse, FindCoordinatorResponse, MetadataResponse, ProduceRequest,
+    ProduceResponse,
+};
+use thiserror::Error;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+pub use event_time::EventTimeSource;
+use frame::{FrameError, Frames, Request};
+use versions::Handling;
+
+use crate::gate::Gate;
+
+/// How long an upstream answer may take beyond the request's own timeout.
+const UPSTREAM_GRACE: Duration = Duration::from_secs(5);
+/// How long any other upstream answer may take.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Producer keys whose sequences the front keeps.
+const SEQUENCE_KEYS: usize = 100_000;
+
+/// What the front is configured with.
+#[derive(Debug, Clone)]
+pub struct FrontSettings {
+    /// The real cluster's bootstrap servers, `host:port`.
+    pub bootstrap: Vec<String>,
+    /// Where a record's event time comes from.
+    pub event_time: EventTimeSource,
+    /// Largest request frame accepted.
+    pub max_frame: usize,
+    /// Hold queue bound per channel (connection and partition).
+    pub hold_limit: usize,
+    /// The derived watermark trails the largest event time sent by this much.
+    pub watermark_bound_ms: i64,
+}
+
+/// Why a client connection was closed.
+#[derive(Debug, Error)]
+pub enum FrontError {
+    /// The client's bytes are not Kafka requests.
+    #[error("bad request")]
+    Frame(#[from] FrameError),
+    /// An API the front does not serve (it is not in the ApiVersions answer either).
+    #[error("{api:?} v{version} is not served by the sluice Kafka front")]
+    Unsupported {
+        /// The API.
+        api: ApiKey,
+        /// Its version.
+        version: i16,
+    },
+    /// No upstream broker could be reached.
+    #[error("cannot reach the upstream broker {address}")]
+    Connect {
+        /// Where.
+        address: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The upstream broker closed the connection or sent garbage.
+    #[error("upstream connection failed")]
+    Upstream(#[source] FrameError),
+    /// The upstream broker did not answer in time.
+    #[error("the upstream broker did not answer within {0:?}")]
+    Timeout(Duration),
+    /// A node the front has not seen in any response.
+    #[error("no upstream address known for broker {0}")]
+    UnknownNode(i32),
+    /// A local broker port could not be bound.
+    #[error("cannot bind a local port for an upstream broker")]
+    Bind(#[source] std::io::Error),
+}
+
+/// Where a listener's connections go.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    /// The bootstrap port: any of the bootstrap servers.
+    Bootstrap,
+    /// A broker's port.
+    Node(i32),
+}
+
+struct Shared {
+    settings: FrontSettings,
+    gate: Arc<Gate>,
+    sequences: std::sync::Mutex<sequences::Sequences>,
+    brokers: addresses::BrokerMap,
+    connections: AtomicU64,
+    stop: CancellationToken,
+}
+
+/// Serves the front on `listener` (the bootstrap address clients are given) until `stop`.
+pub async fn serve(
+    listener: TcpListener,
+    settings: FrontSettings,
+    gate: Arc<Gate>,
+    stop: CancellationToken,
+) {
+    let bind_ip = listener
+        .local_addr()
+        .map_or([127, 0, 0, 1].into(), |a| a.ip());
+    let shared = Arc::new_cyclic(|weak: &Weak<Shared>| {
+        let weak = weak.clone();
+        let serve: addresses::Serve = Arc::new(move |listener, node| {
+            if let Some(shared) = weak.upgrade() {
+                tokio::spawn(accept(listener, Target::Node(node), shared));
+            }
+        });
+        Shared {
+            settings,
+            gate,
+            sequences: std::sync::Mutex::new(sequences::Sequences::new(SEQUENCE_KEYS)),
+            brokers: addresses::BrokerMap::new(bind_ip, serve),
+            connections: AtomicU64::new(0),
+            stop,
+        }
+    });
+    accept(listener, Target::Bootstrap, shared).await;
+}
+
+async fn accept(listener: TcpListener, target: Target, shared: Arc<Shared>) {
+    loop {
+        let accepted = tokio::select! {
+            () = shared.stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(connection(stream, peer, target, shared.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Kafka front: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+type Conn = Framed<TcpStream, Frames>;
+
+async fn connection(stream: TcpStream, peer: SocketAddr, target: Target, shared: Arc<Shared>) {
+    let number = shared.connections.fetch_add(1, Ordering::Relaxed);
+    let mut client = Framed::new(stream, Frames::new(shared.settings.max_frame));
+    let mut upstream = None;
+    let mut channels = BTreeMap::new();
+    let result = serve_connection(
+        &mut client,
+        &mut upstream,
+        &mut channels,
+        number,
+        target,
+        &shared,
+    )
+    .await;
+    for (_, ch) in channels {
+        ch.close(&shared.gate);
+    }
+    match result {
+        Ok(()) => tracing::debug!(%peer, "Kafka front: client closed the connection"),
+        Err(e) => {
+            tracing::warn!(%peer, error = %crate::describe(&e), "Kafka front: connection closed")
+        }
+    }
+}
+
+async fn serve_connection(
+    client: &mut Conn,
+    upstream: &mut Option<Conn>,
+    channels: &mut BTreeMap<(String, i32), produce::PartitionChannel>,
+    number: u64,
+    target: Target,
+    shared: &Shared,
+) -> Result<(), FrontError> {
+    loop {
+        let next = tokio::select! {
+            () = shared.stop.cancelled() => return Ok(()),
+            n = client.next() => n,
+        };
+        let Some(frame) = next else { return Ok(()) };
+        let request = Request::parse(frame?)?;
+        let version = request.version();
+        let handling = versions::handling(request.api, version);
+        let answer = match handling {
+            None if request.api == ApiKey::ApiVersions => Some(unsupported_api_versions(&request)?),
+            None => {
+                return Err(FrontError::Unsupported {
+                    api: request.api,
+                    version,
+                });
+            }
+            Some(Handling::PassThrough) => {
+                exchange(
+                    upstream,
+                    target,
+                    shared,
+                    request.frame.clone(),
+                    UPSTREAM_TIMEOUT,
+                )
+                .await?
+            }
+            Some(Handling::ApiVersions) => {
+                let raw = exchange(
+                    upstream,
+                    target,
+                    shared,
+                    request.frame.clone(),
+                    UPSTREAM_TIMEOUT,
+                )
+                .await?
+                .ok_or(FrontError::Timeout(UPSTREAM_TIMEOUT))?;
+                let body = frame::response_body(&request, raw).map_err(FrontError::Upstream)?;
+                let theirs: ApiVersionsResponse =
+                    frame::decode_response(&request, "ApiVersions response", body)
+                        .map_err(FrontError::Upstream)?;
+                Some(frame::response(
+                    &request,
+                    "ApiVersions response",
+                    &versions::intersect(theirs),
+                )?)
+            }
+            Some(Handling::RewriteResponse) => {
+                let raw = exchange(
+                    upstream,
+                    target,
+                    shared,
+                    request.frame.clone(),
+                    UPSTREAM_TIMEOUT,
+                )
+                .await?
+                .ok_or(FrontError::Timeout(UPSTREAM_TIMEOUT))?;
+                Some(rewrite(&request, raw, shared).await?)
+            }
+            Some(Handling::Produce) => {
+                produce(&request, upstream, channels, number, target, shared).await?
+            }
+        };
+        if let Some(answer) = answer {
+            client.send(answer).await?;
+        }
+    }
+}
+
+/// A client asking ApiVersions at a version above the front's: answered at v0 with
+/// `UNSUPPORTED_VERSION` and the versions it may use (KIP-511).
+fn unsupported_api_versions(request: &Request) -> Result<Bytes, FrameError> {
+    let (_, lo, hi, _) = versions::SERVED
+        .iter()
+        .find(|(k, ..)| *k == ApiKey::ApiVersions)
+        .expect("ApiVersions is served");
+    let body = ApiVersionsResponse::default()
+        .with_error_code(ResponseError::UnsupportedVersion.code())
+        .with_api_keys(vec![
+            ApiVersion::default()
+                .with_api_key(ApiKey::ApiVersions as i16)
+                .with_min_version(*lo)
+                .with_max_version(*hi),
+        ]);
+    frame::response_at(request, 0, "ApiVersions response", &body)
+}
+
+/// Rewrites the broker addresses in a response to `request`.
+async fn rewrite(request: &Request, raw: Bytes, shared: &Shared) -> Result<Bytes, FrontError> {
+    let body = frame::response_body(request, raw).map_err(FrontError::Upstream)?;
+    let b = &shared.brokers;
+    let up = FrontError::Upstream;
+    match request.api {
+        ApiKey::Metadata => {
+            let what = "Metadata response";
+            let mut r: MetadataResponse =
+                frame::decode_response(request, what, body).map_err(up)?;
+            b.metadata(&mut r).await.map_err(FrontError::Bind)?;
+            Ok(frame::response(request, what, &r)?)
+        }
+        ApiKey::FindCoordinator => {
+            let what = "FindCoordinator response";
+            let mut r: FindCoordinatorResponse =
+                frame::decode_response(request, what, body).map_err(up)?;
+            b.find_coordinator(&mut r).await.map_err(FrontError::Bind)?;
+            Ok(frame::response(request, what, &r)?)
+        }
+        ApiKey::DescribeCluster => {
+            let what = "DescribeCluster response";
+            let mut r: DescribeClusterResponse =
+                frame::decode_response(request, what, body).map_err(up)?;
+            b.describe_cluster(&mut r).await.map_err(FrontError::Bind)?;
+            Ok(frame::response(request, what, &r)?)
+        }
+        api => unreachable!("{api:?} is not a rewritten API"),
+    }
+}
+
+async fn produce(
+    request: &Request,
+    upstream: &mut Option<Conn>,
+    channels: &mut BTreeMap<(String, i32), produce::PartitionChannel>,
+    number: u64,
+    target: Target,
+    shared: &Shared,
+) -> Result<Option<Bytes>, FrontError> {
+    let body: ProduceRequest = request.decode("Produce request")?;
+    let acks = body.acks;
+    let timeout =
+        Duration::from_millis(u64::try_from(body.timeout_ms).unwrap_or(0)) + UPSTREAM_GRACE;
+    let mut policy = produce::Policy {
+        gate: &shared.gate,
+        event_time: &shared.settings.event_time,
+        sequences: &shared.sequences,
+        channels,
+        connection: number,
+        hold_limit: shared.settings.hold_limit,
+        watermark_bound_ms: shared.settings.watermark_bound_ms,
+    };
+    let decided = policy.decide(body).await;
+    let upstream_answer = match &decided.upstream {
+        None => None,
+        Some(req) => {
+            let frame = request.with_body("Produce request", req)?;
+            if acks == 0 {
+                send_only(upstream, target, shared, frame).await?;
+                None
+            } else {
+                let raw = exchange(upstream, target, shared, frame, timeout)
+                    .await?
+                    .ok_or(FrontError::Timeout(timeout))?;
+                let body = frame::response_body(request, raw).map_err(FrontError::Upstream)?;
+                let mut r: ProduceResponse =
+                    frame::decode_response(request, "Produce response", body)
+                        .map_err(FrontError::Upstream)?;
+                shared
+                    .brokers
+                    .produce(&mut r)
+                    .await
+                    .map_err(FrontError::Bind)?;
+                Some(r)
+            }
+        }
+    };
+    policy.settle(&decided, upstream_answer.as_ref());
+    if acks == 0 {
+        return Ok(None);
+    }
+    let answer = produce::respond(&decided, upstream_answer);
+    Ok(Some(frame::response(request, "Produce response", &answer)?))
+}
+
+/// The upstream connection of this client connection, opened on first use.
+async fn connect<'a>(
+    upstream: &'a mut Option<Conn>,
+    target: Target,
+    shared: &Shared,
+) -> Result<&'a mut Conn, FrontError> {
+    if upstream.is_none() {
+        let addresses = match target {
+            Target::Bootstrap => shared.settings.bootstrap.clone(),
+            Target::Node(n) => vec![
+                shared
+                    .brokers
+                    .upstream(n)
+                    .await
+                    .ok_or(FrontError::UnknownNode(n))?,
+            ],
+        };
+        let mut last = None;
+        for address in addresses {
+            match TcpStream::connect(&address).await {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    *upstream = Some(Framed::new(s, Frames::new(usize::MAX >> 1)));
+                    break;
+                }
+                Err(source) => last = Some(FrontError::Connect { address, source }),
+            }
+        }
+        if upstream.is_none() {
+            return Err(last.unwrap_or(FrontError::UnknownNode(-1)));
+        }
+    }
+    Ok(upstream.as_mut().expect("connected above"))
+}
+
+async fn send_only(
+    upstream: &mut Option<Conn>,
+    target: Target,
+    shared: &Shared,
+    frame: Bytes,
+) -> Result<(), FrontError> {
+    let up = connect(upstream, target, shared).await?;
+    up.send(frame).await.map_err(|e| {
+        *upstream = None;
+        FrontError::Upstream(e)
+    })
+}
+
+/// Sends one request upstream and waits for its response.
+async fn exchange(
+    upstream: &mut Option<Conn>,
+    target: Target,
+    shared: &Shared,
+    frame: Bytes,
+    timeout: Duration,
+) -> Result<Option<Bytes>, FrontError> {
+    send_only(upstream, target, shared, frame).await?;
+    let up = upstream.as_mut().expect("sent on it");
+    match tokio::time::timeout(timeout, up.next()).await {
+        Err(_) => {
+            *upstream = None;
+            Err(FrontError::Timeout(timeout))
+        }
+        Ok(None) => {
+            *upstream = None;
+            Err(FrontError::Upstream(FrameError::Io(
+                std::io::ErrorKind::UnexpectedEof.into(),
+            )))
+        }
+        Ok(Some(Err(e))) => {
+            *upstream = None;
+            Err(FrontError::Upstream(e))
+        }
+        Ok(Some(Ok(f))) => Ok(Some(f)),
+    }
+}
