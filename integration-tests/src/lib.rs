@@ -6,6 +6,7 @@
 //! - [`procs`]: starting the real `coordinator` and `gate-sidecar` binaries.
 //! - [`client`]: a native-frame client, doing what a Flink sink writer does.
 //! - [`kafka`]: a real tansu broker, topic creation and reading a topic back.
+//! - [`kafka_wire`]: a hand-driven Kafka wire-protocol client, for the Kafka front's fault tests.
 //! - [`flink`]: real Apache Flink jobs (the Java reference sink) cut over end to end.
 //! - [`scenario`]: the process-level blue/green cutover, counted record by record; used by the
 //!   `demo` binary and `tests/process.rs`.
@@ -15,6 +16,7 @@ pub mod client;
 pub mod flink;
 pub mod harness;
 pub mod kafka;
+pub mod kafka_wire;
 pub mod procs;
 pub mod scenario;
 pub mod sim;
