@@ -60,6 +60,16 @@ pub const ANNOTATION_WORKER_THREADS: &str = "sluice.dev/worker-threads";
 /// (credentials), one `name=value` per line; mounted into the sidecar only, read by it as
 /// `SLUICE_KAFKA_OPTIONS_FILE`.
 pub const ANNOTATION_KAFKA_SECRET: &str = "sluice.dev/kafka-secret";
+/// `"true"`: the sidecar serves the Kafka front on [`KAFKA_FRONT_ADDR`] and the job's
+/// containers get `SLUICE_KAFKA_BOOTSTRAP` to point their stock Kafka producer at.
+pub const ANNOTATION_KAFKA_FRONT: &str = "sluice.dev/kafka-front";
+/// The real cluster behind the Kafka front (its `SLUICE_KAFKA_UPSTREAM`); defaults to the
+/// `kafka:` sink's servers.
+pub const ANNOTATION_KAFKA_UPSTREAM: &str = "sluice.dev/kafka-upstream";
+/// Where the Kafka front takes a record's event time (its `SLUICE_EVENT_TIME`).
+pub const ANNOTATION_EVENT_TIME: &str = "sluice.dev/event-time";
+/// The Kafka front's address inside the pod (the pod's loopback, shared by its containers).
+pub const KAFKA_FRONT_ADDR: &str = "127.0.0.1:9092";
 /// The key of the Kafka Secret that is mounted.
 pub const KAFKA_SECRET_KEY: &str = "kafka.properties";
 /// Name of the injected volume of the Kafka Secret.
@@ -189,6 +199,18 @@ pub enum Skip {
     /// The Kafka Secret annotation is not a Secret name.
     #[error("annotation {ANNOTATION_KAFKA_SECRET} {0:?} is not a Secret name")]
     BadKafkaSecret(String),
+    /// The Kafka front annotation is neither `"true"` nor `"false"`.
+    #[error("annotation {ANNOTATION_KAFKA_FRONT} is {0:?}; \"true\" turns the Kafka front on")]
+    BadKafkaFront(String),
+    /// The Kafka front has no cluster to forward to.
+    #[error(
+        "annotation {ANNOTATION_KAFKA_FRONT} needs the real cluster: set \
+         {ANNOTATION_KAFKA_UPSTREAM}: HOST:PORT, or a kafka: sink"
+    )]
+    KafkaFrontWithoutUpstream,
+    /// An upstream or event-time annotation with whitespace or nothing in it.
+    #[error("annotation {0} {1:?} is not a value")]
+    BadKafkaFrontValue(&'static str, String),
     /// The worker threads annotation is not a number from 1 to 64.
     #[error("annotation {ANNOTATION_WORKER_THREADS} {0:?} is not a number from 1 to 64")]
     BadWorkerThreads(String),
@@ -297,6 +319,27 @@ pub fn mutate(
             }
         })
         .transpose()?;
+    let kafka_front = match annotation(ANNOTATION_KAFKA_FRONT) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(Skip::BadKafkaFront(other.to_owned())),
+    };
+    let value = |key: &'static str| {
+        annotation(key)
+            .map(|v| {
+                if v.is_empty() || v.chars().any(char::is_whitespace) {
+                    Err(Skip::BadKafkaFrontValue(key, v.to_owned()))
+                } else {
+                    Ok(v)
+                }
+            })
+            .transpose()
+    };
+    let kafka_upstream = value(ANNOTATION_KAFKA_UPSTREAM)?;
+    let event_time = value(ANNOTATION_EVENT_TIME)?;
+    if kafka_front && kafka_upstream.is_none() && !sink.starts_with("kafka:") {
+        return Err(Skip::KafkaFrontWithoutUpstream);
+    }
     let pod_settings = PodSettings {
         pipeline: &pipeline,
         deployment: &deployment,
@@ -304,6 +347,10 @@ pub fn mutate(
         kafka_options: kafka_options.as_deref(),
         worker_threads,
         kafka_secret: kafka_secret.is_some(),
+        kafka_front: kafka_front.then_some(KafkaFront {
+            upstream: kafka_upstream,
+            event_time,
+        }),
     };
 
     // The Flink containers: the operator's main container, else every regular container.
@@ -371,11 +418,14 @@ pub fn mutate(
     if let Some(secret) = &kafka_secret {
         append_to_list(&mut ops, &["spec", "volumes"], true, &kafka_volume(secret));
     }
-    let identity = [
+    let mut identity = vec![
         ("SLUICE_SOCKET", SOCKET_PATH),
         ("SLUICE_PIPELINE", pipeline.as_str()),
         ("SLUICE_DEPLOYMENT", deployment.as_str()),
     ];
+    if kafka_front {
+        identity.push(("SLUICE_KAFKA_BOOTSTRAP", KAFKA_FRONT_ADDR));
+    }
     for &i in &targets {
         let c = &spec.containers[i];
         let base = ["spec", "containers", &i.to_string()].map(str::to_owned);
@@ -392,7 +442,7 @@ pub fn mutate(
         );
         let env = c.env.as_deref().unwrap_or_default();
         let mut env_exists = c.env.is_some();
-        for (name, value) in identity {
+        for &(name, value) in &identity {
             if let Some(set) = env.iter().find(|e| e.name == name) {
                 if set.value.as_deref() != Some(value) {
                     warnings.push(format!(
@@ -604,6 +654,17 @@ pub struct PodSettings<'a> {
     pub worker_threads: Option<u8>,
     /// Whether the Kafka Secret volume is mounted ([`ANNOTATION_KAFKA_SECRET`]).
     pub kafka_secret: bool,
+    /// The Kafka front, when on ([`ANNOTATION_KAFKA_FRONT`]).
+    pub kafka_front: Option<KafkaFront<'a>>,
+}
+
+/// The Kafka front of a pod's sidecar.
+#[derive(Debug, Clone, Copy)]
+pub struct KafkaFront<'a> {
+    /// [`ANNOTATION_KAFKA_UPSTREAM`], if set.
+    pub upstream: Option<&'a str>,
+    /// [`ANNOTATION_EVENT_TIME`], if set.
+    pub event_time: Option<&'a str>,
 }
 
 /// The gate sidecar container.
@@ -649,6 +710,15 @@ pub fn sidecar(config: &InjectionConfig, pod: &PodSettings<'_>) -> Container {
     }
     if let Some(n) = pod.worker_threads {
         env.push(env_var("SLUICE_WORKER_THREADS", &n.to_string()));
+    }
+    if let Some(front) = pod.kafka_front {
+        env.push(env_var("SLUICE_KAFKA_LISTEN", KAFKA_FRONT_ADDR));
+        if let Some(u) = front.upstream {
+            env.push(env_var("SLUICE_KAFKA_UPSTREAM", u));
+        }
+        if let Some(t) = front.event_time {
+            env.push(env_var("SLUICE_EVENT_TIME", t));
+        }
     }
     env.push(env_var(
         "SLUICE_HEALTH_LISTEN",
@@ -801,6 +871,57 @@ mod tests {
                 (e.name.clone(), v)
             })
             .collect()
+    }
+
+    #[test]
+    fn the_kafka_front_annotation_turns_the_front_on_and_gives_the_job_its_address() {
+        let pod = tm(&[
+            (ANNOTATION_KAFKA_FRONT, "true"),
+            (ANNOTATION_KAFKA_UPSTREAM, "kafka.prod:9092"),
+            (ANNOTATION_EVENT_TIME, "json:/event_time"),
+        ]);
+        let out = apply(&pod, &mutate(&pod, Some("shop"), &config()).unwrap());
+        let spec = out.spec.as_ref().unwrap();
+        let side = env_of(&spec.init_containers.as_ref().unwrap()[0]);
+        assert_eq!(side["SLUICE_KAFKA_LISTEN"], KAFKA_FRONT_ADDR);
+        assert_eq!(side["SLUICE_KAFKA_UPSTREAM"], "kafka.prod:9092");
+        assert_eq!(side["SLUICE_EVENT_TIME"], "json:/event_time");
+        let job = env_of(&spec.containers[0]);
+        assert_eq!(job["SLUICE_KAFKA_BOOTSTRAP"], KAFKA_FRONT_ADDR);
+        // Without the annotation: no front, nothing for the job.
+        let plain = apply(
+            &tm(&[]),
+            &mutate(&tm(&[]), Some("shop"), &config()).unwrap(),
+        );
+        let spec = plain.spec.as_ref().unwrap();
+        assert!(!env_of(&spec.containers[0]).contains_key("SLUICE_KAFKA_BOOTSTRAP"));
+        assert!(
+            !env_of(&spec.init_containers.as_ref().unwrap()[0]).contains_key("SLUICE_KAFKA_LISTEN")
+        );
+        // No cluster to forward to (the sink is stdout), or a bad value: left alone, saying why.
+        assert_eq!(
+            mutate(
+                &tm(&[(ANNOTATION_KAFKA_FRONT, "true")]),
+                Some("shop"),
+                &config()
+            )
+            .unwrap_err(),
+            Skip::KafkaFrontWithoutUpstream
+        );
+        assert_eq!(
+            mutate(
+                &tm(&[(ANNOTATION_KAFKA_FRONT, "yes")]),
+                Some("shop"),
+                &config()
+            )
+            .unwrap_err(),
+            Skip::BadKafkaFront("yes".into())
+        );
+        let with_sink = tm(&[
+            (ANNOTATION_KAFKA_FRONT, "true"),
+            (ANNOTATION_SINK, "kafka:kafka.prod:9092"),
+        ]);
+        assert!(mutate(&with_sink, Some("shop"), &config()).is_ok());
     }
 
     #[test]
@@ -982,6 +1103,7 @@ mod tests {
             kafka_options: None,
             worker_threads: None,
             kafka_secret: false,
+            kafka_front: None,
         }
     }
 

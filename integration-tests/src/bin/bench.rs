@@ -140,9 +140,14 @@ fn main() -> ExitCode {
 fn child(args: &Args, mode: &str) -> Result<()> {
     let bootstrap = args.child_bootstrap.as_deref().unwrap_or_default();
     let result = match mode {
-        "throughput" => {
+        "throughput" | "throughput-front" => {
             let cpu = cpu_seconds("self")?;
-            let took = plain_throughput(bootstrap, "plain", args)?;
+            let topic = if mode == "throughput" {
+                "plain"
+            } else {
+                "front"
+            };
+            let took = plain_throughput(bootstrap, topic, args)?;
             serde_json::json!({
                 "seconds": took.as_secs_f64(),
                 "cpu_seconds": cpu_seconds("self")? - cpu,
@@ -292,6 +297,7 @@ fn run(args: &Args) -> Result<()> {
     }
     for topic in [
         "plain",
+        "front",
         "sidecar",
         "sidecar-max",
         "plain-lat",
@@ -462,7 +468,53 @@ fn run(args: &Args) -> Result<()> {
         ms(percentile(&side_lat, 0.99)) - ms(percentile(&plain_lat, 0.99)),
     );
 
-    // 4. Memory.
+    // 4. The Kafka front: the same plain producer process, straight to the broker and through a
+    // sidecar's --kafka-listen (every record decided by the gate, batches rebuilt), alternating.
+    let front_addr = format!("127.0.0.1:{}", free_port()?);
+    let front = Sidecar::start(
+        &dir,
+        coordinator,
+        "front",
+        &[
+            "--sink",
+            "null",
+            "--kafka-listen",
+            &front_addr,
+            "--kafka-upstream",
+            &broker.bootstrap,
+        ],
+        under_test,
+    )?;
+    wait_for_tcp(front_addr.parse()?, Duration::from_secs(10))?;
+    let (mut direct_rates, mut front_rates) = (vec![], vec![]);
+    println!();
+    println!(
+        "Kafka front: a plain rdkafka producer process ({} records per run, {} rounds), straight \
+         to the broker then through the sidecar's --kafka-listen (sidecar on CPU 0, producer on CPU 1)",
+        args.records, args.rounds
+    );
+    let client_cpu = pinning.then_some(1);
+    for round in 0..args.rounds {
+        let direct = run_child(args, &broker.bootstrap, "throughput", None, client_cpu, &[])?;
+        let through = run_child(args, &front_addr, "throughput-front", None, client_cpu, &[])?;
+        direct_rates.push(n / direct["seconds"].as_f64().context("child result")?);
+        front_rates.push(n / through["seconds"].as_f64().context("child result")?);
+        println!(
+            "  round {round}: direct {:>10.0} records/s   through the front {:>10.0} records/s   ratio {:.3}",
+            direct_rates[round],
+            front_rates[round],
+            front_rates[round] / direct_rates[round]
+        );
+    }
+    let front_rss = front.peak_rss_kib()?;
+    drop(front);
+    println!(
+        "  ratio front / direct (medians)   {:.3}   (target >= 0.9); front sidecar peak RSS {:.1} MiB",
+        median(&front_rates) / median(&direct_rates),
+        front_rss as f64 / 1024.0
+    );
+
+    // 5. Memory.
     println!();
     println!("sidecar resident memory (Kafka sink)");
     println!(
