@@ -30,6 +30,10 @@ export SLUICE_TANSU
 step "Apache Flink 2.3.0 and the Java reference sink"
 scripts/flink.sh >/dev/null
 
+# The official Java Kafka producer (kafka-clients from Maven Central), for the Kafka front.
+step "the Java Kafka client (Maven)"
+scripts/kafka-java.sh >/dev/null
+
 step "format and lints"
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
 cargo fmt --all -- --check
@@ -38,7 +42,7 @@ cargo clippy --workspace --all-targets -q -- -D warnings
 step "build (binaries are needed by the process-level tests)"
 cargo build --workspace --bins -q
 
-step "tests: unit, gRPC, sidecar, Kafka (tansu + mock cluster), Kubernetes webhook and manifests, real Flink, simulation (${SLUICE_SIM_SEEDS:-2000} seeds), process-level, README commands"
+step "tests: unit, gRPC, sidecar, Kafka (tansu + mock cluster), Kafka front (librdkafka, Java), Kubernetes webhook and manifests, real Flink, simulation (${SLUICE_SIM_SEEDS:-2000} seeds), process-level, liveness, README commands"
 LOG="${TMPDIR:-/tmp}/sluice-test.$$.log"
 trap 'rm -f "$LOG"' EXIT
 status=0

@@ -121,20 +121,71 @@ async fn produce_all(producer: FutureProducer, deployment: &'static str, start: 
     Ok(())
 }
 
+/// Which real client produces.
+#[derive(Clone, Copy)]
+enum Client {
+    /// librdkafka (the `rdkafka` crate), in this process.
+    Librdkafka,
+    /// The official Java kafka-clients `KafkaProducer` with its defaults, in a JVM.
+    Java,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn librdkafka_producers_cut_over_through_the_kafka_front_exactly_once() {
+    with_dir(Client::Librdkafka).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn java_kafka_producers_cut_over_through_the_kafka_front_exactly_once() {
+    with_dir(Client::Java).await;
+}
+
+/// One at a time: two producers, two sidecars and a broker already fill 2 cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn with_dir(client: Client) {
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::Builder::new()
         .prefix("sluice-kfront-")
         .tempdir()
         .unwrap();
-    let r = run(dir.path()).await;
-    if let Err(e) = r {
+    if let Err(e) = run(dir.path(), client).await {
         let kept = dir.keep();
         panic!("{e:#}\nlogs kept in {}", kept.display());
     }
 }
 
-async fn run(dir: &std::path::Path) -> Result<()> {
+/// Runs the Java producer (`integration-tests/kafka-java/`) to completion.
+async fn java_produce(
+    classpath: String,
+    bootstrap: String,
+    deployment: &'static str,
+    start: u64,
+    compression: &'static str,
+    log: std::path::PathBuf,
+) -> Result<()> {
+    let out = std::fs::File::create(&log)?;
+    let mut cmd = std::process::Command::new("java");
+    cmd.args([
+        "-Xmx256m",
+        "-cp",
+        &classpath,
+        "dev.sluice.kafka.FrontProducer",
+    ])
+    .args([bootstrap.as_str(), TOPIC, deployment])
+    .args([start.to_string(), RECORDS.to_string(), SPAN_MS.to_string()])
+    .arg(compression)
+    .stdout(out.try_clone()?)
+    .stderr(out);
+    // It exits by itself once its records are sent (or it failed).
+    let status = tokio::task::spawn_blocking(move || cmd.status()).await??;
+    if !status.success() {
+        bail!("the Java producer failed ({status}); see {}", log.display());
+    }
+    Ok(())
+}
+
+async fn run(dir: &std::path::Path, client: Client) -> Result<()> {
     let broker = Broker::start(dir)?;
     kafka::create_topic(&broker.bootstrap, TOPIC, PARTITIONS).await?;
     let coordinator = Coordinator::start(
@@ -148,19 +199,42 @@ async fn run(dir: &std::path::Path) -> Result<()> {
     )?;
     let blue = front(dir, coordinator.port, "orders-v1", &broker.bootstrap)?;
     let green = front(dir, coordinator.port, "orders-v2", &broker.bootstrap)?;
-    let start = now_ms() + 1_000;
-    let b = tokio::spawn(produce_all(
-        producer(&blue.bootstrap, "lz4")?,
-        "blue",
-        start,
-    ));
-    let g = tokio::spawn(produce_all(
-        producer(&green.bootstrap, "gzip")?,
-        "green",
-        start,
-    ));
+    let (b, g, start) = match client {
+        Client::Librdkafka => {
+            let start = now_ms() + 1_000;
+            let b = tokio::spawn(produce_all(
+                producer(&blue.bootstrap, "lz4")?,
+                "blue",
+                start,
+            ));
+            let g = tokio::spawn(produce_all(
+                producer(&green.bootstrap, "gzip")?,
+                "green",
+                start,
+            ));
+            (b, g, start)
+        }
+        Client::Java => {
+            let cp = tokio::task::spawn_blocking(kafka::java_client_classpath).await??;
+            // A JVM takes a moment to start: the first record is due later.
+            let start = now_ms() + 3_000;
+            let run = |front: &Front, dep: &'static str, codec: &'static str| {
+                let log = dir.join(format!("java-{dep}.log"));
+                let (cp, to) = (cp.clone(), front.bootstrap.clone());
+                tokio::spawn(java_produce(cp, to, dep, start, codec, log))
+            };
+            (
+                run(&blue, "blue", "snappy"),
+                run(&green, "green", "lz4"),
+                start,
+            )
+        }
+    };
     // Green's gate has to attach and report before it can be ready; ask when both are there.
-    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    tokio::time::sleep(Duration::from_millis(
+        (start + 2_000).saturating_sub(now_ms()),
+    ))
+    .await;
     let mut c = cutover_client(coordinator.port).await?;
     c.start_cutover(StartCutoverRequest {
         pipeline: PIPELINE.into(),
