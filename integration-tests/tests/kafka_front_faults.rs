@@ -152,6 +152,15 @@ async fn bad_input_closes_only_that_connection() {
             c.raw(&bytes).await?;
             assert!(c.closed().await, "{what}: the connection stays open");
         }
+        // A Produce request claiming two billion topics in 14 bytes: refused before the
+        // decoder would allocate for them (it sizes its vectors from the wire).
+        let mut c = Wire::connect(front).await?;
+        let mut bomb = vec![0u8, 0, 0, 3, 0, 0, 0, 1, 0xff, 0xff];
+        bomb.extend_from_slice(&[0xff, 0xff, 0, 1, 0, 0, 0, 10, 0x7f, 0xff, 0xff, 0xff]);
+        let mut frame = (bomb.len() as i32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&bomb);
+        c.raw(&frame).await?;
+        assert!(c.closed().await, "the topic-count bomb is refused");
         // A frame that stops half way.
         let mut c = Wire::connect(front).await?;
         c.raw(&[0, 0, 0, 100, 0, 3, 0, 9]).await?;

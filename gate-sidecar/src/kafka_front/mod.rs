@@ -6,6 +6,7 @@
 //!
 //! Layout (codec, routing and policy apart):
 //! - `frame`: size-prefixed frames, request/response headers, typed bodies.
+//! - `bounds`: counts and lengths checked against the bytes before the codec allocates.
 //! - `versions`: the APIs served, at which versions, and how; the ApiVersions intersection.
 //! - `addresses`: a local port per upstream broker; every broker address in a response
 //!   rewritten to it.
@@ -25,6 +26,7 @@
 //! front is approximate until it is checked against Flink's REST API (not built yet).
 
 mod addresses;
+mod bounds;
 mod event_time;
 mod frame;
 mod produce;
@@ -84,6 +86,9 @@ pub enum FrontError {
     /// The client's bytes are not Kafka requests.
     #[error("bad request")]
     Frame(#[from] FrameError),
+    /// A request claims more elements or bytes than it holds.
+    #[error("bad Produce request")]
+    OutOfBounds(#[from] bounds::OutOfBounds),
     /// An API the front does not serve (it is not in the ApiVersions answer either).
     #[error("{api:?} v{version} is not served by the sluice Kafka front")]
     Unsupported {
@@ -342,6 +347,7 @@ async fn produce(
     target: Target,
     shared: &Shared,
 ) -> Result<Option<Bytes>, FrontError> {
+    bounds::produce_request(&request.body, request.version())?;
     let body: ProduceRequest = request.decode("Produce request")?;
     let acks = body.acks;
     let timeout =

@@ -188,12 +188,18 @@ impl Policy<'_> {
         let Some(mut raw) = records else {
             return Err(Refusal::new(ResponseError::CorruptMessage, "no records"));
         };
-        let set = RecordBatchDecoder::decode(&mut raw).map_err(|e| {
+        let corrupt = |e: &dyn std::fmt::Display| {
             Refusal::new(
                 ResponseError::CorruptMessage,
                 format!("undecodable record batch: {e}"),
             )
-        })?;
+        };
+        let count = super::bounds::record_count(&raw).map_err(|e| corrupt(&e))?;
+        let set = RecordBatchDecoder::decode_with_custom_compression(
+            &mut raw,
+            Some(super::bounds::decompress(count)),
+        )
+        .map_err(|e| corrupt(&e))?;
         if !raw.is_empty() {
             return Err(Refusal::new(
                 ResponseError::InvalidRecord,
