@@ -49,6 +49,9 @@ mod metrics;
 mod server;
 pub mod sink;
 
+#[doc(hidden)]
+pub use kafka_front::fuzz_request;
+
 /// An error with its chain of causes, `a: b: c`, for logs and client-facing messages. A cause
 /// whose text its parent already shows (some errors print their source) is not repeated.
 pub fn describe(err: &dyn std::error::Error) -> String {

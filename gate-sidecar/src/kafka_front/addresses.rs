@@ -67,41 +67,56 @@ impl BrokerMap {
         *port = i32::from(local.port());
         Ok(())
     }
+}
 
-    /// Metadata: every broker.
-    pub async fn metadata(&self, r: &mut MetadataResponse) -> std::io::Result<()> {
-        for b in &mut r.brokers {
-            self.rewrite(b.node_id.0, &mut b.host, &mut b.port).await?;
+/// A response that names brokers, which the front rewrites to its own ports.
+pub trait NamesBrokers {
+    /// Rewrites every broker address in it (binding local ports for new brokers).
+    fn rewrite(
+        &mut self,
+        map: &BrokerMap,
+    ) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+}
+
+impl NamesBrokers for MetadataResponse {
+    async fn rewrite(&mut self, map: &BrokerMap) -> std::io::Result<()> {
+        for b in &mut self.brokers {
+            map.rewrite(b.node_id.0, &mut b.host, &mut b.port).await?;
         }
         Ok(())
     }
+}
 
-    /// FindCoordinator: the single node (v0–3) or every coordinator (v4+).
-    pub async fn find_coordinator(&self, r: &mut FindCoordinatorResponse) -> std::io::Result<()> {
-        if r.error_code == 0 && r.node_id.0 >= 0 {
-            self.rewrite(r.node_id.0, &mut r.host, &mut r.port).await?;
+impl NamesBrokers for FindCoordinatorResponse {
+    /// The single node (v0–3) or every coordinator (v4+).
+    async fn rewrite(&mut self, map: &BrokerMap) -> std::io::Result<()> {
+        if self.error_code == 0 && self.node_id.0 >= 0 {
+            map.rewrite(self.node_id.0, &mut self.host, &mut self.port)
+                .await?;
         }
-        for c in &mut r.coordinators {
+        for c in &mut self.coordinators {
             if c.error_code == 0 && c.node_id.0 >= 0 {
-                self.rewrite(c.node_id.0, &mut c.host, &mut c.port).await?;
+                map.rewrite(c.node_id.0, &mut c.host, &mut c.port).await?;
             }
         }
         Ok(())
     }
+}
 
-    /// DescribeCluster: every broker.
-    pub async fn describe_cluster(&self, r: &mut DescribeClusterResponse) -> std::io::Result<()> {
-        for b in &mut r.brokers {
-            self.rewrite(b.broker_id.0, &mut b.host, &mut b.port)
-                .await?;
+impl NamesBrokers for DescribeClusterResponse {
+    async fn rewrite(&mut self, map: &BrokerMap) -> std::io::Result<()> {
+        for b in &mut self.brokers {
+            map.rewrite(b.broker_id.0, &mut b.host, &mut b.port).await?;
         }
         Ok(())
     }
+}
 
-    /// Produce (v10+): the new leaders' endpoints (KIP-951).
-    pub async fn produce(&self, r: &mut ProduceResponse) -> std::io::Result<()> {
-        for e in &mut r.node_endpoints {
-            self.rewrite(e.node_id.0, &mut e.host, &mut e.port).await?;
+impl NamesBrokers for ProduceResponse {
+    /// The new leaders' endpoints (KIP-951, v10+).
+    async fn rewrite(&mut self, map: &BrokerMap) -> std::io::Result<()> {
+        for e in &mut self.node_endpoints {
+            map.rewrite(e.node_id.0, &mut e.host, &mut e.port).await?;
         }
         Ok(())
     }
@@ -129,7 +144,7 @@ mod tests {
         };
         let mut r = MetadataResponse::default();
         r.brokers = vec![broker(1, "kafka-1.internal"), broker(2, "kafka-2.internal")];
-        map.metadata(&mut r).await.unwrap();
+        r.rewrite(&map).await.unwrap();
         let first: Vec<(String, i32)> = r
             .brokers
             .iter()
@@ -140,7 +155,7 @@ mod tests {
         // Named again (the same or a moved broker): the same local port, no new listener.
         let mut again = MetadataResponse::default();
         again.brokers = vec![broker(2, "kafka-2b.internal")];
-        map.metadata(&mut again).await.unwrap();
+        again.rewrite(&map).await.unwrap();
         assert_eq!(again.brokers[0].port, first[1].1);
         assert_eq!(*served.lock().unwrap(), [1, 2]);
         assert_eq!(

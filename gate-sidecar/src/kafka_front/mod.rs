@@ -311,32 +311,25 @@ fn unsupported_api_versions(request: &Request) -> Result<Bytes, FrameError> {
 /// Rewrites the broker addresses in a response to `request`.
 async fn rewrite(request: &Request, raw: Bytes, shared: &Shared) -> Result<Bytes, FrontError> {
     let body = frame::response_body(request, raw).map_err(FrontError::Upstream)?;
-    let b = &shared.brokers;
-    let up = FrontError::Upstream;
     match request.api {
-        ApiKey::Metadata => {
-            let what = "Metadata response";
-            let mut r: MetadataResponse =
-                frame::decode_response(request, what, body).map_err(up)?;
-            b.metadata(&mut r).await.map_err(FrontError::Bind)?;
-            Ok(frame::response(request, what, &r)?)
-        }
-        ApiKey::FindCoordinator => {
-            let what = "FindCoordinator response";
-            let mut r: FindCoordinatorResponse =
-                frame::decode_response(request, what, body).map_err(up)?;
-            b.find_coordinator(&mut r).await.map_err(FrontError::Bind)?;
-            Ok(frame::response(request, what, &r)?)
-        }
-        ApiKey::DescribeCluster => {
-            let what = "DescribeCluster response";
-            let mut r: DescribeClusterResponse =
-                frame::decode_response(request, what, body).map_err(up)?;
-            b.describe_cluster(&mut r).await.map_err(FrontError::Bind)?;
-            Ok(frame::response(request, what, &r)?)
-        }
+        ApiKey::Metadata => retyped::<MetadataResponse>(request, body, shared).await,
+        ApiKey::FindCoordinator => retyped::<FindCoordinatorResponse>(request, body, shared).await,
+        ApiKey::DescribeCluster => retyped::<DescribeClusterResponse>(request, body, shared).await,
         api => unreachable!("{api:?} is not a rewritten API"),
     }
+}
+
+/// Decodes a response as `T`, rewrites its broker addresses, encodes it again.
+async fn retyped<T>(request: &Request, body: Bytes, shared: &Shared) -> Result<Bytes, FrontError>
+where
+    T: kafka_protocol::protocol::Decodable
+        + kafka_protocol::protocol::Encodable
+        + addresses::NamesBrokers,
+{
+    let what = "response";
+    let mut r: T = frame::decode_response(request, what, body).map_err(FrontError::Upstream)?;
+    r.rewrite(&shared.brokers).await.map_err(FrontError::Bind)?;
+    Ok(frame::response(request, what, &r)?)
 }
 
 async fn produce(
@@ -377,9 +370,7 @@ async fn produce(
                 let mut r: ProduceResponse =
                     frame::decode_response(request, "Produce response", body)
                         .map_err(FrontError::Upstream)?;
-                shared
-                    .brokers
-                    .produce(&mut r)
+                addresses::NamesBrokers::rewrite(&mut r, &shared.brokers)
                     .await
                     .map_err(FrontError::Bind)?;
                 Some(r)
@@ -468,5 +459,70 @@ async fn exchange(
             Err(FrontError::Upstream(e))
         }
         Ok(Some(Ok(f))) => Ok(Some(f)),
+    }
+}
+
+/// The front's request decoding path on arbitrary bytes, for the fuzzer (`fuzz/`): framing,
+/// the header, the served-API table, the Produce bounds and body, each partition's batch with
+/// its bounds and decompression, and every record's event time by each source. The first byte
+/// chooses: `0`, the rest is a client's byte stream (size-prefixed frames); otherwise the rest
+/// is a Produce body at version 3 + (byte % 9). Must never panic, abort or allocate beyond the
+/// input's size.
+#[doc(hidden)]
+pub fn fuzz_request(data: &[u8]) {
+    use tokio_util::codec::Decoder as _;
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    if mode != 0 {
+        fuzz_produce(Bytes::copy_from_slice(rest), 3 + i16::from(mode % 9));
+        return;
+    }
+    let mut buf = bytes::BytesMut::from(rest);
+    let mut frames = Frames::new(1 << 20);
+    while let Ok(Some(frame)) = frames.decode(&mut buf) {
+        let Ok(request) = Request::parse(frame) else {
+            continue;
+        };
+        if versions::handling(request.api, request.version()) == Some(Handling::Produce) {
+            fuzz_produce(request.body.clone(), request.version());
+        }
+    }
+}
+
+fn fuzz_produce(body: Bytes, version: i16) {
+    use kafka_protocol::protocol::Decodable as _;
+    if bounds::produce_request(&body, version).is_err() {
+        return;
+    }
+    let Ok(request) = ProduceRequest::decode(&mut body.clone(), version) else {
+        return;
+    };
+    let sources = [
+        EventTimeSource::RecordTimestamp,
+        EventTimeSource::Json("/ts".into()),
+        EventTimeSource::Header("ts".into()),
+    ];
+    for topic in request.topic_data {
+        for partition in topic.partition_data {
+            let Some(mut raw) = partition.records else {
+                continue;
+            };
+            let Ok(count) = bounds::record_count(&raw) else {
+                continue;
+            };
+            let decoded =
+                kafka_protocol::records::RecordBatchDecoder::decode_with_custom_compression(
+                    &mut raw,
+                    Some(bounds::decompress(count)),
+                );
+            if let Ok(set) = decoded {
+                for r in &set.records {
+                    for s in &sources {
+                        let _ = s.of(r);
+                    }
+                }
+            }
+        }
     }
 }
