@@ -42,6 +42,13 @@ cargo clippy --workspace --all-targets -q -- -D warnings
 step "build (binaries are needed by the process-level tests)"
 cargo build --workspace --bins -q
 
+# A short coverage-guided run of the Kafka front's request decoding path (nightly; skipped
+# with a notice where there is none, or with SLUICE_SKIP_FUZZ=1).
+if [ "${SLUICE_SKIP_FUZZ:-0}" != 1 ]; then
+  step "fuzz: the Kafka front's request decoding path (${SLUICE_FUZZ_SECONDS:-30} s)"
+  scripts/fuzz.sh "${SLUICE_FUZZ_SECONDS:-30}"
+fi
+
 step "tests: unit, gRPC, sidecar, Kafka (tansu + mock cluster), Kafka front (librdkafka, Java), Kubernetes webhook and manifests, real Flink, simulation (${SLUICE_SIM_SEEDS:-2000} seeds), process-level, liveness, README commands"
 LOG="${TMPDIR:-/tmp}/sluice-test.$$.log"
 trap 'rm -f "$LOG"' EXIT

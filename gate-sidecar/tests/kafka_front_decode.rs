@@ -3,7 +3,8 @@
 //! served encoding and compression, and on seeded mutations of them: truncations, flipped
 //! bytes, counts and lengths set to huge values. Nothing may panic or abort. A smoke run on
 //! stable for every test run; `scripts/fuzz.sh` runs the coverage-guided fuzzer.
-//! `SLUICE_FUZZ_SEEDS=DIR` writes the unmutated requests there as a seed corpus.
+//! `SLUICE_FUZZ_SEEDS=DIR` writes the unmutated requests there as a seed corpus. Inputs the
+//! fuzzer crashed on are kept in `tests/fuzz-regressions/` and replayed here.
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::indexmap::IndexMap;
@@ -146,4 +147,18 @@ fn the_decoding_path_survives_real_requests_and_their_mutations() {
         fuzz_request(&stream);
     }
     assert_eq!(runs, seeds.len() * 400);
+}
+
+/// Every input the coverage-guided fuzzer ever crashed on, kept as a regression test.
+#[test]
+fn every_fuzzer_finding_stays_fixed() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fuzz-regressions/kafka_front_request");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let input = std::fs::read(entry.unwrap().path()).unwrap();
+        fuzz_request(&input);
+        n += 1;
+    }
+    assert!(n >= 1, "no regression inputs in {}", dir.display());
 }

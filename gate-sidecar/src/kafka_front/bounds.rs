@@ -59,6 +59,14 @@ impl Walker {
         Err(OutOfBounds("varint too long"))
     }
 
+    /// A compact length (unsigned varint of length + 1; 0 is null, -1).
+    fn compact_len(&mut self) -> Result<i64, OutOfBounds> {
+        let v = self.uvarint()?;
+        i64::try_from(v)
+            .map(|v| v - 1)
+            .map_err(|_| OutOfBounds("compact length"))
+    }
+
     fn zigzag(&mut self) -> Result<i64, OutOfBounds> {
         let v = self.uvarint()?;
         Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
@@ -99,7 +107,7 @@ impl Walker {
     /// A string (`i16` length, or compact: unsigned varint length + 1).
     fn string(&mut self, compact: bool, what: &'static str) -> Result<(), OutOfBounds> {
         let len = if compact {
-            self.uvarint()? as i64 - 1
+            self.compact_len()?
         } else {
             i64::from(self.i16()?)
         };
@@ -129,7 +137,7 @@ pub fn produce_request(body: &Bytes, version: i16) -> Result<(), OutOfBounds> {
         for _ in 0..w.array(compact, 5, "partition count")? {
             w.i32()?;
             let len = if compact {
-                w.uvarint()? as i64 - 1
+                w.compact_len()?
             } else {
                 i64::from(w.i32()?)
             };
