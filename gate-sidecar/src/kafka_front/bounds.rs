@@ -47,29 +47,50 @@ impl Walker {
         Ok(self.buf.get_i32())
     }
 
+    // The varints read exactly as kafka-protocol reads them (at most 5 bytes for an int, 10
+    // for a long, high bits dropped), or the walk and the decoder would see different fields.
+
+    /// `UnsignedVarInt`.
     fn uvarint(&mut self) -> Result<u64, OutOfBounds> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.u8()?;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
+        let mut v = 0u32;
+        for i in 0..5 {
+            let b = u32::from(self.u8()?);
+            v |= (b & 0x7f).wrapping_shl(i * 7);
+            if b < 0x80 {
+                break;
             }
         }
-        Err(OutOfBounds("varint too long"))
+        Ok(u64::from(v))
+    }
+
+    /// `UnsignedVarLong`.
+    fn uvarlong(&mut self) -> Result<u64, OutOfBounds> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let b = u64::from(self.u8()?);
+            v |= (b & 0x7f).wrapping_shl(i * 7);
+            if b < 0x80 {
+                break;
+            }
+        }
+        Ok(v)
     }
 
     /// A compact length (unsigned varint of length + 1; 0 is null, -1).
     fn compact_len(&mut self) -> Result<i64, OutOfBounds> {
-        let v = self.uvarint()?;
-        i64::try_from(v)
-            .map(|v| v - 1)
-            .map_err(|_| OutOfBounds("compact length"))
+        Ok(self.uvarint()? as i64 - 1)
     }
 
+    /// `VarInt` (zigzag).
     fn zigzag(&mut self) -> Result<i64, OutOfBounds> {
-        let v = self.uvarint()?;
-        Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
+        let z = self.uvarint()? as u32;
+        Ok(i64::from(((z >> 1) as i32) ^ -((z & 1) as i32)))
+    }
+
+    /// `VarLong` (zigzag).
+    fn zigzag_long(&mut self) -> Result<i64, OutOfBounds> {
+        let z = self.uvarlong()?;
+        Ok(((z >> 1) as i64) ^ -((z & 1) as i64))
     }
 
     /// A count of elements of at least `min` bytes each that must fit in what is left.
@@ -203,7 +224,7 @@ pub fn records(buf: &Bytes, count: i32) -> Result<(), OutOfBounds> {
             buf: w.buf.split_to(len as usize),
         };
         r.u8()?;
-        r.zigzag()?;
+        r.zigzag_long()?;
         r.zigzag()?;
         let key = r.zigzag()?;
         r.skip_len(key, true, "record key")?;
