@@ -238,26 +238,9 @@ async fn serve_connection(
                     version,
                 });
             }
-            Some(Handling::PassThrough) => {
-                exchange(
-                    upstream,
-                    target,
-                    shared,
-                    request.frame.clone(),
-                    UPSTREAM_TIMEOUT,
-                )
-                .await?
-            }
+            Some(Handling::PassThrough) => Some(forward(&request, upstream, target, shared).await?),
             Some(Handling::ApiVersions) => {
-                let raw = exchange(
-                    upstream,
-                    target,
-                    shared,
-                    request.frame.clone(),
-                    UPSTREAM_TIMEOUT,
-                )
-                .await?
-                .ok_or(FrontError::Timeout(UPSTREAM_TIMEOUT))?;
+                let raw = forward(&request, upstream, target, shared).await?;
                 let body = frame::response_body(&request, raw).map_err(FrontError::Upstream)?;
                 let theirs: ApiVersionsResponse =
                     frame::decode_response(&request, "ApiVersions response", body)
@@ -269,15 +252,7 @@ async fn serve_connection(
                 )?)
             }
             Some(Handling::RewriteResponse) => {
-                let raw = exchange(
-                    upstream,
-                    target,
-                    shared,
-                    request.frame.clone(),
-                    UPSTREAM_TIMEOUT,
-                )
-                .await?
-                .ok_or(FrontError::Timeout(UPSTREAM_TIMEOUT))?;
+                let raw = forward(&request, upstream, target, shared).await?;
                 Some(rewrite(&request, raw, shared).await?)
             }
             Some(Handling::Produce) => {
@@ -288,6 +263,17 @@ async fn serve_connection(
             client.send(answer).await?;
         }
     }
+}
+
+/// Forwards `request` unchanged and returns the upstream answer.
+async fn forward(
+    request: &Request,
+    upstream: &mut Option<Conn>,
+    target: Target,
+    shared: &Shared,
+) -> Result<Bytes, FrontError> {
+    let frame = request.frame.clone();
+    exchange(upstream, target, shared, frame, UPSTREAM_TIMEOUT).await
 }
 
 /// A client asking ApiVersions at a version above the front's: answered at v0 with
@@ -363,9 +349,7 @@ async fn produce(
                 send_only(upstream, target, shared, frame).await?;
                 None
             } else {
-                let raw = exchange(upstream, target, shared, frame, timeout)
-                    .await?
-                    .ok_or(FrontError::Timeout(timeout))?;
+                let raw = exchange(upstream, target, shared, frame, timeout).await?;
                 let body = frame::response_body(request, raw).map_err(FrontError::Upstream)?;
                 let mut r: ProduceResponse =
                     frame::decode_response(request, "Produce response", body)
@@ -440,7 +424,7 @@ async fn exchange(
     shared: &Shared,
     frame: Bytes,
     timeout: Duration,
-) -> Result<Option<Bytes>, FrontError> {
+) -> Result<Bytes, FrontError> {
     send_only(upstream, target, shared, frame).await?;
     let up = upstream.as_mut().expect("sent on it");
     match tokio::time::timeout(timeout, up.next()).await {
@@ -458,7 +442,7 @@ async fn exchange(
             *upstream = None;
             Err(FrontError::Upstream(e))
         }
-        Ok(Some(Ok(f))) => Ok(Some(f)),
+        Ok(Some(Ok(f))) => Ok(f),
     }
 }
 
