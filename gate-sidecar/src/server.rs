@@ -332,11 +332,14 @@ pub async fn run_with_sink<S: Sink>(
     let lease = tokio::spawn(crate::lease::enforce(gate.clone()));
 
     let stop = CancellationToken::new();
+    // Stopped after the channels: one closing during shutdown may still be forgotten (never
+    // spoke, or finished), and the last write must not bring it back after a restart.
+    let writer_stop = CancellationToken::new();
     let writer = tokio::spawn(persist_channels(
         gate.clone(),
         channels_file,
         known,
-        stop.clone(),
+        writer_stop.clone(),
     ));
     let mut channels = JoinSet::new();
     let mut conn: u64 = 0;
@@ -416,8 +419,7 @@ pub async fn run_with_sink<S: Sink>(
     }
     control.abort();
     lease.abort();
-    // Its last round ran when `stop` fired; closing channels do not change the list (closed
-    // ids stay until they expire), so that write is the final one.
+    writer_stop.cancel();
     let _ = writer.await;
     if let Some(h) = health {
         h.abort();
