@@ -51,7 +51,7 @@ const JAVA_OPENS: &[&str] = &[
     "--add-opens=java.base/java.util.concurrent.locks=ALL-UNNAMED",
 ];
 
-const LOG4J: &str = "\
+pub(crate) const LOG4J: &str = "\
 rootLogger.level = INFO
 rootLogger.appenderRef.console.ref = Console
 appender.console.name = Console
@@ -86,8 +86,8 @@ pub fn java_dir() -> PathBuf {
 pub struct Flink {
     /// Flink's home (`bin/`, `conf/`, `lib/`).
     pub home: PathBuf,
-    /// The compiled reference sink and test job.
-    pub classes: PathBuf,
+    /// The built Java side: `classes/` and `lib/` (the Kafka connector and its client).
+    pub built: PathBuf,
 }
 
 impl Flink {
@@ -119,13 +119,17 @@ impl Flink {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let classes = PathBuf::from(String::from_utf8(out.stdout)?.trim());
-        Ok(Self { home, classes })
+        let built = PathBuf::from(String::from_utf8(out.stdout)?.trim());
+        Ok(Self { home, built })
     }
 
-    /// The classpath: the job's classes, then every Flink jar.
+    /// The classpath: the job's classes, the jars a job adds (Kafka connector), every Flink jar.
     pub fn classpath(&self) -> String {
-        format!("{}:{}/lib/*", self.classes.display(), self.home.display())
+        format!(
+            "{0}/classes:{0}/lib/*:{1}/lib/*",
+            self.built.display(),
+            self.home.display()
+        )
     }
 
     /// `java` arguments for `main` with JVM options `jvm` (e.g. `-Xmx384m`), logging to stdout
@@ -164,7 +168,7 @@ pub fn java() -> PathBuf {
     )
 }
 
-fn java_path() -> Result<PathBuf> {
+pub(crate) fn java_path() -> Result<PathBuf> {
     let j = java();
     if j.is_absolute() {
         return Ok(j);
@@ -252,7 +256,7 @@ impl Sequence {
             .collect()
     }
 
-    fn java_args(&self, live_start_ms: u64) -> Vec<String> {
+    pub(crate) fn java_args(&self, live_start_ms: u64) -> Vec<String> {
         [
             ("--records", self.records.to_string()),
             ("--rate", self.rate.to_string()),
@@ -322,7 +326,7 @@ fn dechunk(mut body: &str) -> String {
 }
 
 /// Waits for the one job of a Flink cluster and returns its id.
-async fn wait_for_job(port: u16, within: Duration) -> Result<String> {
+pub(crate) async fn wait_for_job(port: u16, within: Duration) -> Result<String> {
     let deadline = Instant::now() + within;
     loop {
         if let Ok((200, v)) = rest(port, "GET", "/jobs/overview").await
@@ -337,7 +341,7 @@ async fn wait_for_job(port: u16, within: Duration) -> Result<String> {
     }
 }
 
-async fn job_state(port: u16, job: &str) -> Result<String> {
+pub(crate) async fn job_state(port: u16, job: &str) -> Result<String> {
     let (_, v) = rest(port, "GET", &format!("/jobs/{job}")).await?;
     Ok(v["state"].as_str().unwrap_or("?").to_string())
 }

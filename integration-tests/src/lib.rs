@@ -8,12 +8,15 @@
 //! - [`kafka`]: a real tansu broker, topic creation and reading a topic back.
 //! - [`kafka_wire`]: a hand-driven Kafka wire-protocol client, for the Kafka front's fault tests.
 //! - [`flink`]: real Apache Flink jobs (the Java reference sink) cut over end to end.
+//! - [`flink_front`]: real Flink jobs with the stock Kafka connector (DataStream, SQL) writing
+//!   through the sidecars' Kafka fronts, cut over and read back record by record.
 //! - [`scenario`]: the process-level blue/green cutover, counted record by record; used by the
 //!   `demo` binary and `tests/process.rs`.
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod flink;
+pub mod flink_front;
 pub mod harness;
 pub mod kafka;
 pub mod kafka_wire;

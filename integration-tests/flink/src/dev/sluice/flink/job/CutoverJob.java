@@ -10,8 +10,8 @@ import dev.sluice.flink.Frames;
 import dev.sluice.flink.SluiceSink;
 import org.apache.flink.api.common.eventtime.WatermarkStrategy;
 import org.apache.flink.configuration.Configuration;
-import org.apache.flink.core.execution.CheckpointingMode;
 import org.apache.flink.core.execution.JobClient;
+import org.apache.flink.streaming.api.datastream.DataStream;
 import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
 
 /**
@@ -28,19 +28,48 @@ import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
  */
 public final class CutoverJob {
     public static void main(String[] args) throws Exception {
+        Map<String, String> a = args(args);
+        Sequence seq = sequence(a);
+        int parallelism = Integer.parseInt(req(a, "parallelism"));
+        StreamExecutionEnvironment env = environment(a, parallelism);
+
+        SluiceSink.Options sink = new SluiceSink.Options();
+        sink.socket = req(a, "socket");
+        sink.pipeline = req(a, "pipeline");
+        sink.deployment = req(a, "deployment");
+
+        events(env, seq, Long.parseLong(req(a, "live-start-ms")))
+                .sinkTo(new SluiceSink<Event>(sink, CutoverJob::toRecord))
+                .uid("sluice-sink")
+                .name("sluice-sink");
+        execute(env, a, "sluice-cutover-" + sink.deployment);
+    }
+
+    /** {@code --key value} pairs. */
+    static Map<String, String> args(String[] args) {
         Map<String, String> a = new HashMap<>();
         for (int k = 0; k + 1 < args.length; k += 2) {
             if (!args[k].startsWith("--")) throw new IllegalArgumentException("bad argument " + args[k]);
             a.put(args[k].substring(2), args[k + 1]);
         }
+        return a;
+    }
+
+    /** The input sequence the arguments describe. */
+    static Sequence sequence(Map<String, String> a) {
         Sequence seq = new Sequence();
         seq.records = Long.parseLong(req(a, "records"));
         seq.rate = Long.parseLong(req(a, "rate"));
         seq.idleFrom = Long.parseLong(a.getOrDefault("idle-from", "0"));
         seq.idleTo = Long.parseLong(a.getOrDefault("idle-to", "0"));
-        long liveStart = Long.parseLong(req(a, "live-start-ms"));
-        int parallelism = Integer.parseInt(req(a, "parallelism"));
+        return seq;
+    }
 
+    /**
+     * A mini-cluster with every listener on loopback, or a remote environment for
+     * {@code --submit}; checkpoints every {@code --checkpoint-interval} (1 s), exactly once.
+     */
+    static StreamExecutionEnvironment environment(Map<String, String> a, int parallelism) {
         Configuration conf = new Configuration();
         conf.setString("execution.checkpointing.interval", a.getOrDefault("checkpoint-interval", "1 s"));
         conf.setString("execution.checkpointing.mode", "EXACTLY_ONCE");
@@ -68,28 +97,25 @@ public final class CutoverJob {
             env = StreamExecutionEnvironment.createLocalEnvironment(parallelism, conf);
         }
         env.setParallelism(parallelism);
-        env.enableCheckpointing(1000, CheckpointingMode.EXACTLY_ONCE);
+        return env;
+    }
 
-        SluiceSink.Options sink = new SluiceSink.Options();
-        sink.socket = req(a, "socket");
-        sink.pipeline = req(a, "pipeline");
-        sink.deployment = req(a, "deployment");
-
+    /** The job up to its sink: the paced source, its watermarks, the keyed running count. */
+    static DataStream<Event> events(StreamExecutionEnvironment env, Sequence seq, long liveStart) {
         WatermarkStrategy<Event> watermarks = WatermarkStrategy
                 .<Event>forBoundedOutOfOrderness(Duration.ofMillis(5 * seq.jitterMs))
                 .withTimestampAssigner((e, ts) -> e.eventTime)
                 .withIdleness(Duration.ofSeconds(2));
-        env.fromSource(new PacedSource(seq, liveStart), watermarks, "paced-source")
+        return env.fromSource(new PacedSource(seq, liveStart), watermarks, "paced-source")
                 .uid("source")
                 .keyBy(e -> e.key)
                 .process(new RunningCount())
-                .uid("running-count")
-                .sinkTo(new SluiceSink<Event>(sink, CutoverJob::toRecord))
-                .uid("sluice-sink")
-                .name("sluice-sink");
+                .uid("running-count");
+    }
 
-        String name = "sluice-cutover-" + sink.deployment;
-        if (submit != null) {
+    /** Runs to the end, or submits and prints {@code JOB_ID <id>} with {@code --submit}. */
+    static void execute(StreamExecutionEnvironment env, Map<String, String> a, String name) throws Exception {
+        if (a.get("submit") != null) {
             JobClient job = env.executeAsync(name);
             System.out.println("JOB_ID " + job.getJobID());
             System.exit(0);
@@ -110,7 +136,7 @@ public final class CutoverJob {
                 null);
     }
 
-    private static String req(Map<String, String> a, String k) {
+    static String req(Map<String, String> a, String k) {
         String v = a.get(k);
         if (v == null) throw new IllegalArgumentException("--" + k + " is required");
         return v;

@@ -1,0 +1,423 @@
+//! Real Flink jobs with Flink's stock Kafka connector, unmodified but for `bootstrap.servers`,
+//! writing through the sidecars' Kafka fronts into a real broker (tansu) while a cutover runs:
+//! the DataStream `KafkaSink` (AT_LEAST_ONCE) or a Flink SQL `'connector' = 'kafka'` table
+//! (event time from the `timestamp` metadata column, or from a JSON field). Blue (parallelism 2)
+//! is in production; green (parallelism 3) starts late and catches up; the cutover is asked for
+//! `WHEN_READY`; a real consumer reads the topic back and every record is checked one by one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use sluice_proto::v1::{Phase, PipelineStatus, StartCutoverRequest, When};
+
+use crate::flink::{self, Flink, Sequence};
+use crate::harness::{self, Barrier, Coordinator, cutover_client, now_ms};
+use crate::kafka::{self, Broker, OrderCheck};
+use crate::procs::{Proc, free_port, wait_for_tcp};
+
+const PIPELINE: &str = "flink/kafka-orders";
+const BLUE: &str = "orders-blue";
+const GREEN: &str = "orders-green";
+const TOPIC: &str = "orders";
+const PARTITIONS: i32 = 4;
+const JOB_MAIN: &str = "dev.sluice.flink.job.KafkaCutoverJob";
+
+/// Which stock Flink sink the jobs use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkKind {
+    /// DataStream `KafkaSink`, record timestamp = the element's timestamp.
+    DataStream,
+    /// SQL table with a writable `timestamp` metadata column (sidecar: `record-timestamp`).
+    SqlTimestamp,
+    /// SQL table without it; the event time is the JSON value's `et` (sidecar: `json:/et`).
+    SqlJson,
+}
+
+impl SinkKind {
+    fn job_arg(self) -> &'static str {
+        match self {
+            Self::DataStream => "datastream",
+            Self::SqlTimestamp => "sql-timestamp",
+            Self::SqlJson => "sql-json",
+        }
+    }
+    fn event_time(self) -> &'static str {
+        match self {
+            Self::DataStream | Self::SqlTimestamp => "record-timestamp",
+            Self::SqlJson => "json:/et",
+        }
+    }
+}
+
+/// How the sidecars know that blue's records below the barrier are all through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainKind {
+    /// A watermark derived from the largest event time sent (approximate).
+    Derived,
+    /// Flink's REST API: the sink subtasks' input watermarks, confirmed by a later checkpoint.
+    FlinkRest,
+}
+
+/// One scenario.
+#[derive(Debug, Clone)]
+pub struct FrontConfig {
+    /// Where logs and state go.
+    pub work_dir: PathBuf,
+    /// The sink both jobs use.
+    pub sink: SinkKind,
+    /// How the drain is decided.
+    pub drain: DrainKind,
+    /// The input.
+    pub sequence: Sequence,
+    /// Blue's parallelism.
+    pub blue_parallelism: u32,
+    /// Green's parallelism.
+    pub green_parallelism: u32,
+    /// How long after blue green starts.
+    pub green_delay: Duration,
+}
+
+impl FrontConfig {
+    /// The defaults: 24,000 records at 1,000/s, blue 2, green 3 started 8 s late.
+    pub fn new(work_dir: impl Into<PathBuf>, sink: SinkKind, drain: DrainKind) -> Self {
+        let rate = 1_000;
+        Self {
+            work_dir: work_dir.into(),
+            sink,
+            drain,
+            sequence: Sequence {
+                records: rate * 24,
+                rate,
+                partitions: 4,
+                keys_per_partition: 8,
+                jitter_ms: 100,
+                idle_from: rate * 5,
+                idle_to: rate * 9,
+            },
+            blue_parallelism: 2,
+            green_parallelism: 3,
+            green_delay: Duration::from_secs(8),
+        }
+    }
+}
+
+/// What a scenario saw, record by record.
+#[derive(Debug, Default)]
+pub struct FrontReport {
+    /// Input records.
+    pub records: u64,
+    /// Records read back.
+    pub read: u64,
+    /// Distinct input records read.
+    pub unique: u64,
+    /// Extra copies read.
+    pub duplicates: u64,
+    /// Input records never read.
+    pub missing: u64,
+    /// Records from the deployment that does not own their event time.
+    pub wrong_side: u64,
+    /// Records whose key, value, timestamp or headers differ from the input.
+    pub wrong_content: u64,
+    /// Records of one key and deployment read out of index order.
+    pub out_of_order: u64,
+    /// Written by blue / by green.
+    pub from: BTreeMap<String, u64>,
+    /// The barrier.
+    pub barrier: Option<i64>,
+    /// The pipeline at completion.
+    pub status: PipelineStatus,
+    /// Blue's job state when it was cancelled (it must still be running: the drain did not
+    /// wait for its end).
+    pub blue_state_at_cancel: String,
+    /// First problems, for the failure message.
+    pub problems: Vec<String>,
+    /// Wall time of the scenario.
+    pub elapsed: Duration,
+}
+
+struct Side {
+    _sidecar: Proc,
+    bootstrap: String,
+}
+
+fn sidecar(cfg: &FrontConfig, coordinator: u16, deployment: &str, upstream: &str, rest: u16) -> Result<Side> {
+    let port = free_port()?;
+    let bootstrap = format!("127.0.0.1:{port}");
+    let mut extra: Vec<String> = [
+        "--sink",
+        "null",
+        "--kafka-listen",
+        &bootstrap,
+        "--kafka-upstream",
+        upstream,
+        "--event-time",
+        cfg.sink.event_time(),
+        "--kafka-watermark-bound",
+        "1s",
+        "--idle-timeout",
+        "5s",
+    ]
+    .map(String::from)
+    .to_vec();
+    if cfg.drain == DrainKind::FlinkRest {
+        extra.extend([
+            "--flink-rest".into(),
+            format!("http://127.0.0.1:{rest}"),
+            "--flink-rest-interval".into(),
+            "200ms".into(),
+        ]);
+    }
+    let (proc, _) = harness::start_sidecar(
+        &cfg.work_dir,
+        coordinator,
+        PIPELINE,
+        deployment,
+        &format!("{deployment}-sidecar"),
+        &extra,
+    )?;
+    wait_for_tcp(bootstrap.parse()?, Duration::from_secs(10))?;
+    Ok(Side {
+        _sidecar: proc,
+        bootstrap,
+    })
+}
+
+fn job(
+    flink: &Flink,
+    cfg: &FrontConfig,
+    deployment: &str,
+    bootstrap: &str,
+    parallelism: u32,
+    live_start: u64,
+    rest_port: u16,
+) -> Result<Proc> {
+    let mut args: Vec<String> = [
+        ("--sink", cfg.sink.job_arg().to_string()),
+        ("--bootstrap", bootstrap.to_string()),
+        ("--topic", TOPIC.to_string()),
+        ("--deployment", deployment.to_string()),
+        ("--parallelism", parallelism.to_string()),
+        ("--rest-port", rest_port.to_string()),
+        (
+            "--checkpoint-dir",
+            format!(
+                "file://{}",
+                cfg.work_dir
+                    .join(format!("{deployment}-checkpoints"))
+                    .display()
+            ),
+        ),
+    ]
+    .into_iter()
+    .flat_map(|(k, v)| [k.to_string(), v])
+    .collect();
+    args.extend(cfg.sequence.java_args(live_start));
+    Proc::spawn(
+        &format!("{deployment} Flink"),
+        &flink::java_path()?,
+        &flink.java_args(&["-Xmx450m".into()], &cfg.work_dir, JOB_MAIN, &args),
+        &cfg.work_dir.join(format!("{deployment}-flink.log")),
+    )
+}
+
+/// Runs the scenario and counts the topic.
+pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
+    let started = Instant::now();
+    let dir = cfg.work_dir.clone();
+    std::fs::create_dir_all(dir.join("java-tmp"))?;
+    std::fs::write(dir.join("log4j2.properties"), flink::LOG4J)?;
+    let broker = Broker::start(&dir)?;
+    kafka::create_topic(&broker.bootstrap, TOPIC, PARTITIONS).await?;
+    let coordinator = Coordinator::start(
+        &dir,
+        Barrier {
+            margin_ms: 1_000,
+            drain_lateness_ms: 1_000,
+            max_lag_ms: 2_000,
+            prepare_timeout: Duration::from_secs(3),
+        },
+    )?;
+    let (blue_rest, green_rest) = (free_port()?, free_port()?);
+    let blue = sidecar(cfg, coordinator.port, BLUE, &broker.bootstrap, blue_rest)?;
+    let green = sidecar(cfg, coordinator.port, GREEN, &broker.bootstrap, green_rest)?;
+
+    let live_start = now_ms();
+    let mut blue_job = job(flink, cfg, BLUE, &blue.bootstrap, cfg.blue_parallelism, live_start, blue_rest)?;
+    let blue_id = flink::wait_for_job(blue_rest, Duration::from_secs(60)).await?;
+    tokio::time::sleep(cfg.green_delay).await;
+    let mut green_job = job(flink, cfg, GREEN, &green.bootstrap, cfg.green_parallelism, live_start, green_rest)?;
+
+    let mut api = cutover_client(coordinator.port).await?;
+    api.start_cutover(StartCutoverRequest {
+        pipeline: PIPELINE.into(),
+        candidate: GREEN.into(),
+        when: When::Ready as i32,
+        min_gates: Some(1),
+        ..Default::default()
+    })
+    .await
+    .context("StartCutover failed")?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        let s = harness::pipeline_status(coordinator.port, PIPELINE).await?;
+        if s.phase() == Phase::Completed {
+            break s;
+        }
+        ensure!(
+            s.phase() != Phase::Aborted && Instant::now() < deadline,
+            "cutover did not complete: {:?} ({}); waiting for {}",
+            s.phase(),
+            s.last_error,
+            s.waiting_for
+        );
+        blue_job.check_alive().context("blue Flink")?;
+        green_job.check_alive().context("green Flink")?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Only now is blue cancelled, as an orchestrator would on completion.
+    let blue_state_at_cancel = flink::job_state(blue_rest, &blue_id).await?;
+    let (code, _) = flink::rest(blue_rest, "PATCH", &format!("/jobs/{blue_id}?mode=cancel")).await?;
+    ensure!(code == 202 || code == 200, "cancelling blue returned HTTP {code}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while blue_job.check_alive().is_ok() {
+        ensure!(Instant::now() < deadline, "blue's mini-cluster did not stop");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(status) = green_job.exited()? {
+            ensure!(status.success(), "green Flink failed: {status}");
+            break;
+        }
+        ensure!(Instant::now() < deadline, "green did not finish its input");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let records = tokio::task::spawn_blocking({
+        let bootstrap = broker.bootstrap.clone();
+        let n = cfg.sequence.records as usize;
+        move || kafka::read_topic(&bootstrap, TOPIC, PARTITIONS, n, Duration::from_secs(3), Duration::from_secs(60))
+    })
+    .await??;
+    let mut report = count(cfg, &status, &records)?;
+    report.blue_state_at_cancel = blue_state_at_cancel;
+    report.status = status;
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+#[derive(serde::Deserialize)]
+struct SqlValue {
+    i: u64,
+    p: u64,
+    n: u64,
+    et: Option<i64>,
+}
+
+fn count(cfg: &FrontConfig, status: &PipelineStatus, records: &[kafka::Consumed]) -> Result<FrontReport> {
+    let expected = cfg.sequence.expected();
+    let barrier = status.barrier_ms.context("a completed cutover has a barrier")?;
+    let mut r = FrontReport {
+        records: expected.len() as u64,
+        read: records.len() as u64,
+        barrier: Some(barrier),
+        ..FrontReport::default()
+    };
+    let mut seen: HashMap<u64, u32> = HashMap::new();
+    let mut order = OrderCheck::default();
+    let problem = |r: &mut FrontReport, what: String| {
+        if r.problems.len() < 10 {
+            r.problems.push(what);
+        }
+    };
+    for c in records {
+        let text = std::str::from_utf8(&c.value).context("value is not UTF-8")?;
+        let (i, content_ok, ts_ok) = match cfg.sink {
+            SinkKind::DataStream => {
+                let v: SqlValue = serde_json::from_str(text).with_context(|| format!("bad value {text}"))?;
+                let e = expected.get(v.i as usize).context("index beyond the input")?;
+                (v.i, e.value == text, c.timestamp == rdkafka::Timestamp::CreateTime(e.event_time_ms))
+            }
+            SinkKind::SqlTimestamp | SinkKind::SqlJson => {
+                let v: SqlValue = serde_json::from_str(text).with_context(|| format!("bad value {text}"))?;
+                let e = expected.get(v.i as usize).context("index beyond the input")?;
+                let want = format!("{{\"i\":{},\"p\":{},\"n\":{}}}", v.i, v.p, v.n);
+                let ts_ok = match cfg.sink {
+                    SinkKind::SqlTimestamp => c.timestamp == rdkafka::Timestamp::CreateTime(e.event_time_ms),
+                    _ => v.et == Some(e.event_time_ms),
+                };
+                (v.i, want == e.value, ts_ok)
+            }
+        };
+        let e = &expected[i as usize];
+        let dep = c
+            .header("deployment")
+            .map(|d| String::from_utf8_lossy(d).into_owned())
+            .unwrap_or_default();
+        let headers_ok = c.header("attempt").is_some() && c.header("after_checkpoint").is_some();
+        if !(content_ok && ts_ok && headers_ok && c.key == e.key.as_bytes()) {
+            r.wrong_content += 1;
+            problem(&mut r, format!("record {i}: read {c:?}, expected {e:?}"));
+        }
+        let owner = if e.event_time_ms < barrier { BLUE } else { GREEN };
+        if dep != owner {
+            r.wrong_side += 1;
+            problem(&mut r, format!("record {i} (event time {}) from {dep:?}; T = {barrier}", e.event_time_ms));
+        }
+        *r.from.entry(dep.clone()).or_default() += 1;
+        *seen.entry(i).or_default() += 1;
+        order.see(c.partition, &format!("{dep}/{}", e.key), i);
+    }
+    r.unique = seen.len() as u64;
+    r.duplicates = seen.values().map(|n| u64::from(*n) - 1).sum();
+    r.missing = r.records - r.unique;
+    r.out_of_order = order.out_of_order;
+    if r.missing > 0 {
+        let first: Vec<u64> = (0..r.records).filter(|i| !seen.contains_key(i)).take(5).collect();
+        problem(&mut r, format!("missing, first: {first:?}"));
+    }
+    Ok(r)
+}
+
+/// Fails unless every record was read exactly once, from its owner, intact and in order.
+pub fn check(r: &FrontReport) -> Result<()> {
+    ensure!(
+        (r.duplicates, r.missing, r.wrong_side, r.wrong_content, r.out_of_order) == (0, 0, 0, 0, 0),
+        "not exact: {:?}",
+        r.problems
+    );
+    ensure!(
+        r.from.get(BLUE).copied().unwrap_or(0) > 0 && r.from.get(GREEN).copied().unwrap_or(0) > 0,
+        "both deployments should have written: {:?}",
+        r.from
+    );
+    if r.blue_state_at_cancel != "RUNNING" {
+        bail!("blue was {} at completion: the drain waited for its end", r.blue_state_at_cancel);
+    }
+    Ok(())
+}
+
+impl fmt::Display for FrontReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = self.barrier.map_or("-".into(), |b| format!("BASE + {} ms", b - flink::BASE_MS));
+        writeln!(f, "Flink through the Kafka front: {} records, T = {t}", self.records)?;
+        writeln!(
+            f,
+            "  read {} (blue {}, green {}): unique {}, duplicates {}, missing {}, wrong side {}, \
+             wrong content {}, out of order {}",
+            self.read,
+            self.from.get(BLUE).unwrap_or(&0),
+            self.from.get(GREEN).unwrap_or(&0),
+            self.unique,
+            self.duplicates,
+            self.missing,
+            self.wrong_side,
+            self.wrong_content,
+            self.out_of_order
+        )?;
+        writeln!(f, "  blue at completion: {}; took {:.1} s", self.blue_state_at_cancel, self.elapsed.as_secs_f64())
+    }
+}

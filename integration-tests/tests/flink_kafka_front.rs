@@ -1,0 +1,51 @@
+//! Real Flink 2.3 jobs with Flink's own Kafka connector (flink-connector-kafka 5.0.0-2.2 and
+//! kafka-clients 4.2 from Maven Central), unmodified but for `bootstrap.servers`, cut over
+//! through the sidecars' Kafka fronts (issue 10): the DataStream `KafkaSink` (AT_LEAST_ONCE), and
+//! a Flink SQL `INSERT INTO` a `'connector' = 'kafka'` table, once with the `timestamp` metadata
+//! column and once with the event time in a JSON field. Blue has parallelism 2, green 3; a real
+//! consumer reads the topic back and counts every record.
+//!
+//! Needs Flink (`scripts/flink.sh`) and tansu (`scripts/tansu.sh`); `SLUICE_SKIP_FLINK=1` skips.
+
+use sluice_integration_tests::flink::Flink;
+use sluice_integration_tests::flink_front::{self, DrainKind, FrontConfig, SinkKind};
+
+/// Two Flink mini-clusters, two sidecars and a broker fill 2 cores: one scenario at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn scenario(sink: SinkKind, drain: DrainKind) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if std::env::var("SLUICE_SKIP_FLINK").is_ok_and(|v| v == "1") {
+        eprintln!("SLUICE_SKIP_FLINK=1: real Flink tests skipped");
+        return;
+    }
+    let flink = Flink::locate().unwrap_or_else(|e| panic!("{e:#}"));
+    let dir = tempfile::Builder::new()
+        .prefix("sluice-flink-front-")
+        .tempdir()
+        .unwrap();
+    let cfg = FrontConfig::new(dir.path(), sink, drain);
+    let report = match flink_front::run(&flink, &cfg).await {
+        Ok(r) => r,
+        Err(e) => panic!("{e:#}\nlogs kept in {}", dir.keep().display()),
+    };
+    println!("{sink:?}, {drain:?} drain\n{report}");
+    if let Err(e) = flink_front::check(&report) {
+        panic!("{e:#}\n{report}\nlogs kept in {}", dir.keep().display());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flink_datastream_kafka_sink_cuts_over_through_the_front_exactly_once() {
+    scenario(SinkKind::DataStream, DrainKind::Derived).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flink_sql_kafka_table_with_timestamp_column_cuts_over_exactly_once() {
+    scenario(SinkKind::SqlTimestamp, DrainKind::Derived).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flink_sql_kafka_table_with_json_event_time_cuts_over_exactly_once() {
+    scenario(SinkKind::SqlJson, DrainKind::Derived).await;
+}
