@@ -81,7 +81,7 @@ pub struct FrontConfig {
 }
 
 impl FrontConfig {
-    /// The defaults: 24,000 records at 1,000/s, blue 2, green 3 started 8 s late.
+    /// The defaults: 36,000 records at 1,000/s, blue 2, green 3 started 8 s late.
     pub fn new(work_dir: impl Into<PathBuf>, sink: SinkKind, drain: DrainKind) -> Self {
         let rate = 1_000;
         Self {
@@ -89,7 +89,7 @@ impl FrontConfig {
             sink,
             drain,
             sequence: Sequence {
-                records: rate * 24,
+                records: rate * 36,
                 rate,
                 partitions: 4,
                 keys_per_partition: 8,
@@ -143,7 +143,13 @@ struct Side {
     bootstrap: String,
 }
 
-fn sidecar(cfg: &FrontConfig, coordinator: u16, deployment: &str, upstream: &str, rest: u16) -> Result<Side> {
+fn sidecar(
+    cfg: &FrontConfig,
+    coordinator: u16,
+    deployment: &str,
+    upstream: &str,
+    rest: u16,
+) -> Result<Side> {
     let port = free_port()?;
     let bootstrap = format!("127.0.0.1:{port}");
     let mut extra: Vec<String> = [
@@ -245,10 +251,26 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
     let green = sidecar(cfg, coordinator.port, GREEN, &broker.bootstrap, green_rest)?;
 
     let live_start = now_ms();
-    let mut blue_job = job(flink, cfg, BLUE, &blue.bootstrap, cfg.blue_parallelism, live_start, blue_rest)?;
+    let mut blue_job = job(
+        flink,
+        cfg,
+        BLUE,
+        &blue.bootstrap,
+        cfg.blue_parallelism,
+        live_start,
+        blue_rest,
+    )?;
     let blue_id = flink::wait_for_job(blue_rest, Duration::from_secs(60)).await?;
     tokio::time::sleep(cfg.green_delay).await;
-    let mut green_job = job(flink, cfg, GREEN, &green.bootstrap, cfg.green_parallelism, live_start, green_rest)?;
+    let mut green_job = job(
+        flink,
+        cfg,
+        GREEN,
+        &green.bootstrap,
+        cfg.green_parallelism,
+        live_start,
+        green_rest,
+    )?;
 
     let mut api = cutover_client(coordinator.port).await?;
     api.start_cutover(StartCutoverRequest {
@@ -279,11 +301,20 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
     };
     // Only now is blue cancelled, as an orchestrator would on completion.
     let blue_state_at_cancel = flink::job_state(blue_rest, &blue_id).await?;
-    let (code, _) = flink::rest(blue_rest, "PATCH", &format!("/jobs/{blue_id}?mode=cancel")).await?;
-    ensure!(code == 202 || code == 200, "cancelling blue returned HTTP {code}");
+    // A SQL job's mini-cluster may stop before the answer is out: what counts is that it stops.
+    match flink::rest(blue_rest, "PATCH", &format!("/jobs/{blue_id}?mode=cancel")).await {
+        Ok((code, _)) => ensure!(
+            code == 202 || code == 200,
+            "cancelling blue returned HTTP {code}"
+        ),
+        Err(e) => eprintln!("cancelling blue: {e:#} (its mini-cluster is stopping)"),
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     while blue_job.check_alive().is_ok() {
-        ensure!(Instant::now() < deadline, "blue's mini-cluster did not stop");
+        ensure!(
+            Instant::now() < deadline,
+            "blue's mini-cluster did not stop"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -299,7 +330,16 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
     let records = tokio::task::spawn_blocking({
         let bootstrap = broker.bootstrap.clone();
         let n = cfg.sequence.records as usize;
-        move || kafka::read_topic(&bootstrap, TOPIC, PARTITIONS, n, Duration::from_secs(3), Duration::from_secs(60))
+        move || {
+            kafka::read_topic(
+                &bootstrap,
+                TOPIC,
+                PARTITIONS,
+                n,
+                Duration::from_secs(3),
+                Duration::from_secs(60),
+            )
+        }
     })
     .await??;
     let mut report = count(cfg, &status, &records)?;
@@ -317,9 +357,15 @@ struct SqlValue {
     et: Option<i64>,
 }
 
-fn count(cfg: &FrontConfig, status: &PipelineStatus, records: &[kafka::Consumed]) -> Result<FrontReport> {
+fn count(
+    cfg: &FrontConfig,
+    status: &PipelineStatus,
+    records: &[kafka::Consumed],
+) -> Result<FrontReport> {
     let expected = cfg.sequence.expected();
-    let barrier = status.barrier_ms.context("a completed cutover has a barrier")?;
+    let barrier = status
+        .barrier_ms
+        .context("a completed cutover has a barrier")?;
     let mut r = FrontReport {
         records: expected.len() as u64,
         read: records.len() as u64,
@@ -337,16 +383,28 @@ fn count(cfg: &FrontConfig, status: &PipelineStatus, records: &[kafka::Consumed]
         let text = std::str::from_utf8(&c.value).context("value is not UTF-8")?;
         let (i, content_ok, ts_ok) = match cfg.sink {
             SinkKind::DataStream => {
-                let v: SqlValue = serde_json::from_str(text).with_context(|| format!("bad value {text}"))?;
-                let e = expected.get(v.i as usize).context("index beyond the input")?;
-                (v.i, e.value == text, c.timestamp == rdkafka::Timestamp::CreateTime(e.event_time_ms))
+                let v: SqlValue =
+                    serde_json::from_str(text).with_context(|| format!("bad value {text}"))?;
+                let e = expected
+                    .get(v.i as usize)
+                    .context("index beyond the input")?;
+                (
+                    v.i,
+                    e.value == text,
+                    c.timestamp == rdkafka::Timestamp::CreateTime(e.event_time_ms),
+                )
             }
             SinkKind::SqlTimestamp | SinkKind::SqlJson => {
-                let v: SqlValue = serde_json::from_str(text).with_context(|| format!("bad value {text}"))?;
-                let e = expected.get(v.i as usize).context("index beyond the input")?;
+                let v: SqlValue =
+                    serde_json::from_str(text).with_context(|| format!("bad value {text}"))?;
+                let e = expected
+                    .get(v.i as usize)
+                    .context("index beyond the input")?;
                 let want = format!("{{\"i\":{},\"p\":{},\"n\":{}}}", v.i, v.p, v.n);
                 let ts_ok = match cfg.sink {
-                    SinkKind::SqlTimestamp => c.timestamp == rdkafka::Timestamp::CreateTime(e.event_time_ms),
+                    SinkKind::SqlTimestamp => {
+                        c.timestamp == rdkafka::Timestamp::CreateTime(e.event_time_ms)
+                    }
                     _ => v.et == Some(e.event_time_ms),
                 };
                 (v.i, want == e.value, ts_ok)
@@ -362,10 +420,20 @@ fn count(cfg: &FrontConfig, status: &PipelineStatus, records: &[kafka::Consumed]
             r.wrong_content += 1;
             problem(&mut r, format!("record {i}: read {c:?}, expected {e:?}"));
         }
-        let owner = if e.event_time_ms < barrier { BLUE } else { GREEN };
+        let owner = if e.event_time_ms < barrier {
+            BLUE
+        } else {
+            GREEN
+        };
         if dep != owner {
             r.wrong_side += 1;
-            problem(&mut r, format!("record {i} (event time {}) from {dep:?}; T = {barrier}", e.event_time_ms));
+            problem(
+                &mut r,
+                format!(
+                    "record {i} (event time {}) from {dep:?}; T = {barrier}",
+                    e.event_time_ms
+                ),
+            );
         }
         *r.from.entry(dep.clone()).or_default() += 1;
         *seen.entry(i).or_default() += 1;
@@ -376,7 +444,10 @@ fn count(cfg: &FrontConfig, status: &PipelineStatus, records: &[kafka::Consumed]
     r.missing = r.records - r.unique;
     r.out_of_order = order.out_of_order;
     if r.missing > 0 {
-        let first: Vec<u64> = (0..r.records).filter(|i| !seen.contains_key(i)).take(5).collect();
+        let first: Vec<u64> = (0..r.records)
+            .filter(|i| !seen.contains_key(i))
+            .take(5)
+            .collect();
         problem(&mut r, format!("missing, first: {first:?}"));
     }
     Ok(r)
@@ -385,7 +456,13 @@ fn count(cfg: &FrontConfig, status: &PipelineStatus, records: &[kafka::Consumed]
 /// Fails unless every record was read exactly once, from its owner, intact and in order.
 pub fn check(r: &FrontReport) -> Result<()> {
     ensure!(
-        (r.duplicates, r.missing, r.wrong_side, r.wrong_content, r.out_of_order) == (0, 0, 0, 0, 0),
+        (
+            r.duplicates,
+            r.missing,
+            r.wrong_side,
+            r.wrong_content,
+            r.out_of_order
+        ) == (0, 0, 0, 0, 0),
         "not exact: {:?}",
         r.problems
     );
@@ -395,15 +472,24 @@ pub fn check(r: &FrontReport) -> Result<()> {
         r.from
     );
     if r.blue_state_at_cancel != "RUNNING" {
-        bail!("blue was {} at completion: the drain waited for its end", r.blue_state_at_cancel);
+        bail!(
+            "blue was {} at completion: the drain waited for its end",
+            r.blue_state_at_cancel
+        );
     }
     Ok(())
 }
 
 impl fmt::Display for FrontReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let t = self.barrier.map_or("-".into(), |b| format!("BASE + {} ms", b - flink::BASE_MS));
-        writeln!(f, "Flink through the Kafka front: {} records, T = {t}", self.records)?;
+        let t = self
+            .barrier
+            .map_or("-".into(), |b| format!("BASE + {} ms", b - flink::BASE_MS));
+        writeln!(
+            f,
+            "Flink through the Kafka front: {} records, T = {t}",
+            self.records
+        )?;
         writeln!(
             f,
             "  read {} (blue {}, green {}): unique {}, duplicates {}, missing {}, wrong side {}, \
@@ -418,6 +504,11 @@ impl fmt::Display for FrontReport {
             self.wrong_content,
             self.out_of_order
         )?;
-        writeln!(f, "  blue at completion: {}; took {:.1} s", self.blue_state_at_cancel, self.elapsed.as_secs_f64())
+        writeln!(
+            f,
+            "  blue at completion: {}; took {:.1} s",
+            self.blue_state_at_cancel,
+            self.elapsed.as_secs_f64()
+        )
     }
 }
