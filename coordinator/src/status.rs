@@ -31,6 +31,7 @@ pub(crate) fn pipeline_status(
                 channels: l.progress.channels,
                 idle_channels: l.progress.idle_channels,
                 counters: reported.get(gate).and_then(|w| w.counters),
+                watermark_source: reported.get(gate).map_or(0, |w| w.watermark_source),
             });
             v1::GateStatus {
                 gate_id: gate.clone(),
@@ -63,7 +64,22 @@ pub(crate) fn pipeline_status(
         gates,
         last_error: r.last_error.clone().unwrap_or_default(),
         waiting_for: p.waiting_for().unwrap_or_default(),
+        drain_approximate: drain_approximate(p, reported),
     }
+}
+
+/// Whether a gate of the active deployment reports a derived watermark (see the proto).
+fn drain_approximate(p: &Pipeline, reported: &BTreeMap<String, v1::GateProgress>) -> bool {
+    let r = p.record();
+    let Some(active) = r.active.as_deref() else {
+        return false;
+    };
+    r.gates.iter().any(|(gate, deployment)| {
+        deployment == active
+            && reported.get(gate).is_some_and(|g| {
+                g.watermark_source() == v1::WatermarkSource::Derived
+            })
+    })
 }
 
 /// The settings of a cutover as shown to clients.
@@ -147,6 +163,29 @@ mod tests {
     use sluice_core::pipeline::{GateProgress, PipelineOptions};
 
     use super::*;
+
+    #[test]
+    fn a_derived_watermark_on_the_active_side_marks_the_drain_approximate() {
+        let mut p = Pipeline::new("ns/p", PipelineOptions::default(), 10);
+        let _ = p.attach("b1", "blue", 1, GateProgress::default(), 11).unwrap();
+        let _ = p.attach("g1", "green", 2, GateProgress::default(), 12).unwrap();
+        let from = |source: v1::WatermarkSource| v1::GateProgress {
+            watermark_source: source as i32,
+            ..Default::default()
+        };
+        let green_derived = BTreeMap::from([
+            ("b1".to_string(), from(v1::WatermarkSource::FlinkRest)),
+            ("g1".to_string(), from(v1::WatermarkSource::Derived)),
+        ]);
+        let s = pipeline_status(&p, &green_derived);
+        assert!(!s.drain_approximate, "only the active side's drain matters");
+        assert_eq!(
+            s.gates[0].progress.as_ref().unwrap().watermark_source,
+            v1::WatermarkSource::FlinkRest as i32
+        );
+        let blue_derived = BTreeMap::from([("b1".to_string(), from(v1::WatermarkSource::Derived))]);
+        assert!(pipeline_status(&p, &blue_derived).drain_approximate);
+    }
 
     #[test]
     fn status_fills_gates_roles_progress_and_counters() {

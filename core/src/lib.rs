@@ -4,6 +4,8 @@
 //!   start, versioned assignments and the prepare vote ([`gate::GateCore`]).
 //! - [`channel`]: a channel's bounded, order-keeping hold queue ([`channel::ChannelQueue`]).
 //! - [`watermark`]: per-channel watermarks and idleness folded into a gate watermark.
+//! - [`flushed`]: a watermark confirmed by a later checkpoint (Flink's REST API), the exact
+//!   drain for Kafka producers that send no watermarks.
 //! - [`pipeline`]: the coordinator's per-pipeline cutover state machine (readiness, barrier
 //!   choice, prepare/commit/abort with retries, drain, gate expiry, restart).
 //!
@@ -13,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod channel;
+pub mod flushed;
 pub mod gate;
 pub mod pipeline;
 pub mod watermark;

@@ -104,6 +104,30 @@ pub struct Config {
     #[arg(long, env = "SLUICE_KAFKA_WATERMARK_BOUND", default_value = "5s", value_parser = humantime::parse_duration)]
     pub kafka_watermark_bound: Duration,
 
+    /// Make the Kafka front's watermark exact: poll this Flink JobManager REST endpoint
+    /// (`http://HOST:PORT`; in Kubernetes `http://<FlinkDeployment>-rest.<namespace>:8081`) for
+    /// the sink subtasks' input watermarks, and count a watermark only once a checkpoint
+    /// triggered after it completed (the job's Kafka sink flushed). Needs an AT_LEAST_ONCE or
+    /// EXACTLY_ONCE sink. Without it the watermark is derived (`--kafka-watermark-bound`) and a
+    /// drain through the front is approximate.
+    #[arg(long, env = "SLUICE_FLINK_REST")]
+    pub flink_rest: Option<crate::flink_rest::RestAddress>,
+
+    /// How often `--flink-rest` is polled.
+    #[arg(long, env = "SLUICE_FLINK_REST_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub flink_rest_interval: Duration,
+
+    /// The oldest a watermark read from `--flink-rest` may be: Flink serves it from its metric
+    /// fetcher (`metrics.fetcher.update-interval`, 10 s by default). A restore voids what was
+    /// read this long before it.
+    #[arg(long, env = "SLUICE_FLINK_REST_METRIC_AGE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub flink_rest_metric_age: Duration,
+
+    /// With `--flink-rest` on a session cluster running several jobs: the name of this
+    /// deployment's job.
+    #[arg(long, env = "SLUICE_FLINK_JOB")]
+    pub flink_job: Option<String>,
+
     /// Allow `--listen-tcp` on a non-loopback address. The channel protocol has no
     /// authentication, so this exposes the gate to anyone who can reach the address.
     #[arg(long, env = "SLUICE_ALLOW_NON_LOOPBACK")]
@@ -482,6 +506,12 @@ pub enum ConfigError {
          --allow-non-loopback to expose it anyway"
     )]
     KafkaNonLoopback(SocketAddr),
+    /// `--flink-rest` without the Kafka front it serves.
+    #[error("--flink-rest only applies to the Kafka front: add --kafka-listen")]
+    FlinkRestWithoutFront,
+    /// `--flink-rest-interval 0`.
+    #[error("--flink-rest-interval must be more than 0")]
+    FlinkRestInterval,
     /// The Kafka front has no cluster to forward to.
     #[error("--kafka-listen needs --kafka-upstream HOST:PORT (or a --sink kafka:...)")]
     KafkaUpstreamMissing,
@@ -557,6 +587,14 @@ impl Config {
             }
             if self.kafka_bootstrap().is_empty() {
                 return Err(ConfigError::KafkaUpstreamMissing);
+            }
+        }
+        if self.flink_rest.is_some() {
+            if self.kafka_listen.is_none() {
+                return Err(ConfigError::FlinkRestWithoutFront);
+            }
+            if self.flink_rest_interval.is_zero() {
+                return Err(ConfigError::FlinkRestInterval);
             }
         }
         if self.default_topic.is_empty() {
@@ -893,6 +931,28 @@ mod tests {
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let key = rcgen::KeyPair::generate().unwrap();
         params.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn flink_rest_needs_the_kafka_front_and_a_plain_http_address() {
+        let front = ["--kafka-listen", "127.0.0.1:9092", "--kafka-upstream", "127.0.0.1:9093"];
+        let mut args = front.to_vec();
+        args.extend(["--flink-rest", "http://orders-rest.shop:8081"]);
+        let c = parse(&args).validated().unwrap();
+        assert_eq!(c.flink_rest.unwrap().to_string(), "http://orders-rest.shop:8081");
+        assert!(matches!(
+            parse(&["--flink-rest", "http://127.0.0.1:8081"]).validated(),
+            Err(ConfigError::FlinkRestWithoutFront)
+        ));
+        let mut zero = args.clone();
+        zero.extend(["--flink-rest-interval", "0s"]);
+        assert!(matches!(parse(&zero).validated(), Err(ConfigError::FlinkRestInterval)));
+        let err = Config::try_parse_from(
+            ["gate-sidecar", "--pipeline", "a/b", "--deployment", "d", "--flink-rest", "https://x:1"],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("only http:// is supported"), "{err}");
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub(crate) struct GateState {
     pub ceiling: Ceiling,
     /// The coordinator's lease: when it was last renewed and for how long (`None`: no lease).
     pub lease: Option<Lease>,
+    /// Where the channels' watermarks come from (reported, so a drain says if it is exact).
+    pub watermark_source: v1::WatermarkSource,
 }
 
 /// A lease the coordinator granted with a command.
@@ -110,6 +112,7 @@ impl Gate {
                 tracker: WatermarkTracker::new(idle_timeout_ms, closed_expiry_ms),
                 counters: Counters::default(),
                 lease: None,
+                watermark_source: v1::WatermarkSource::Explicit,
             }),
             changes: watch::channel(0).0,
             channels_changed: Notify::new(),
@@ -294,6 +297,7 @@ impl Gate {
             channels: clock.channels,
             idle_channels: clock.idle_channels,
             counters: Some(state.counters.to_wire()),
+            watermark_source: state.watermark_source as i32,
         }
     }
 }

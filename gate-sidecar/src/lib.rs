@@ -27,6 +27,8 @@
 //!   ([`sink::jsonl`]) and the discarding [`sink::NullSink`].
 //! - `kafka_front`: the Kafka front — the sidecar listens like a Kafka cluster, so a stock
 //!   Kafka producer writes through the same gate (`--kafka-listen`).
+//! - `flink_rest`: with `--flink-rest`, the Kafka front's exact watermark — Flink's REST API
+//!   polled, each sink watermark confirmed by a checkpoint triggered after it.
 //! - `health`: the optional HTTP `/livez` and `/readyz` endpoints for the kubelet, and
 //!   `/metrics`.
 //! - `metrics`: the gate's Prometheus metrics, one snapshot per scrape.
@@ -40,6 +42,7 @@ mod channel;
 pub mod config;
 mod control;
 mod counters;
+mod flink_rest;
 mod gate;
 mod health;
 mod kafka_front;
@@ -69,6 +72,7 @@ pub fn describe(err: &dyn std::error::Error) -> String {
 }
 
 pub use config::{Config, ConfigError, SinkSpec};
+pub use flink_rest::{RestAddress, RestAddressError};
 pub use gate::GateIdentity;
 pub use server::{Listeners, SidecarError, run, run_with_sink};
 pub use sink::{BatchAck, NullSink, Sink, SinkBatch, SinkError, SinkHeader, SinkRecord};

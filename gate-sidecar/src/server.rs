@@ -356,9 +356,25 @@ pub async fn run_with_sink<S: Sink>(
             event_time: config.event_time.clone(),
             max_frame: config.max_frame_bytes,
             hold_limit: config.hold_limit,
-            watermark_bound_ms: i64::try_from(config.kafka_watermark_bound.as_millis())
-                .unwrap_or(i64::MAX),
+            watermarks: match &config.flink_rest {
+                Some(address) => {
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    let rest = crate::flink_rest::RestSettings {
+                        address: address.clone(),
+                        interval: config.flink_rest_interval,
+                        job_name: config.flink_job.clone(),
+                        max_metric_age: config.flink_rest_metric_age,
+                    };
+                    tokio::spawn(crate::flink_rest::watch(rest, tx, stop.clone()));
+                    crate::kafka_front::FrontWatermarks::Flushed(rx)
+                }
+                None => crate::kafka_front::FrontWatermarks::Derived {
+                    bound_ms: i64::try_from(config.kafka_watermark_bound.as_millis())
+                        .unwrap_or(i64::MAX),
+                },
+            },
         };
+        gate.lock().watermark_source = settings.watermarks.source();
         tokio::spawn(crate::kafka_front::serve(
             l,
             settings,

@@ -242,7 +242,8 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
         Barrier {
             margin_ms: 1_000,
             drain_lateness_ms: 1_000,
-            max_lag_ms: 2_000,
+            // The REST watermark trails by up to a checkpoint interval more than the job's own.
+            max_lag_ms: 3_000,
             prepare_timeout: Duration::from_secs(3),
         },
     )?;
@@ -453,8 +454,24 @@ fn count(
     Ok(r)
 }
 
-/// Fails unless every record was read exactly once, from its owner, intact and in order.
-pub fn check(r: &FrontReport) -> Result<()> {
+/// Fails unless every record was read exactly once, from its owner, intact and in order, and
+/// the status says whether the drain was exact.
+pub fn check(cfg: &FrontConfig, r: &FrontReport) -> Result<()> {
+    ensure!(
+        r.status.drain_approximate == (cfg.drain == DrainKind::Derived),
+        "GetPipeline says drain_approximate = {} with a {:?} drain",
+        r.status.drain_approximate,
+        cfg.drain
+    );
+    let source = if cfg.drain == DrainKind::Derived {
+        sluice_proto::v1::WatermarkSource::Derived
+    } else {
+        sluice_proto::v1::WatermarkSource::FlinkRest
+    };
+    for g in &r.status.gates {
+        let reported = g.progress.as_ref().map(|p| p.watermark_source());
+        ensure!(reported == Some(source), "gate {} reports {reported:?}", g.gate_id);
+    }
     ensure!(
         (
             r.duplicates,

@@ -21,9 +21,11 @@
 //! socket — backpressure, bounded by TCP). That keeps responses in request order and a
 //! partition's batches in sequence order without bookkeeping; the price is one upstream round
 //! trip per request per connection (see the README's benchmark section). A closed connection
-//! has nothing outstanding, so its channels end as finished; the watermark of a Kafka channel
-//! is derived (largest event time sent minus `--kafka-watermark-bound`), so a drain through the
-//! front is approximate until it is checked against Flink's REST API (not built yet).
+//! has nothing outstanding, so its channels end as finished. Kafka carries no watermarks: a
+//! channel's watermark is either derived (largest event time sent minus
+//! `--kafka-watermark-bound`: an approximate drain) or, with `--flink-rest`, the job's sink
+//! watermark confirmed by a later checkpoint (`crate::flink_rest`: exact), see
+//! [`FrontWatermarks`].
 
 mod addresses;
 mod bounds;
@@ -76,8 +78,40 @@ pub struct FrontSettings {
     pub max_frame: usize,
     /// Hold queue bound per channel (connection and partition).
     pub hold_limit: usize,
-    /// The derived watermark trails the largest event time sent by this much.
-    pub watermark_bound_ms: i64,
+    /// Where the channels' watermarks come from.
+    pub watermarks: FrontWatermarks,
+}
+
+/// Where the Kafka front's channels take their watermarks (Kafka carries none).
+#[derive(Debug, Clone)]
+pub enum FrontWatermarks {
+    /// The largest event time a channel sent (and the broker stored) minus this bound:
+    /// approximate, a record later than the bound is late.
+    Derived {
+        /// The bound, ms.
+        bound_ms: i64,
+    },
+    /// The job's watermark confirmed by a checkpoint through Flink's REST API
+    /// (`crate::flink_rest`): exact, the same for every channel of the gate.
+    Flushed(tokio::sync::watch::Receiver<Option<sluice_core::EventTime>>),
+}
+
+impl FrontWatermarks {
+    /// A channel's watermark, given the largest event time it sent.
+    pub fn of(&self, max_sent: Option<sluice_core::EventTime>) -> Option<sluice_core::EventTime> {
+        match self {
+            Self::Derived { bound_ms } => max_sent.map(|m| m.saturating_sub(*bound_ms)),
+            Self::Flushed(rx) => *rx.borrow(),
+        }
+    }
+
+    /// What the gate reports as its watermark source.
+    pub fn source(&self) -> sluice_proto::v1::WatermarkSource {
+        match self {
+            Self::Derived { .. } => sluice_proto::v1::WatermarkSource::Derived,
+            Self::Flushed(_) => sluice_proto::v1::WatermarkSource::FlinkRest,
+        }
+    }
 }
 
 /// Why a client connection was closed.
@@ -164,7 +198,33 @@ pub async fn serve(
             stop,
         }
     });
+    if let FrontWatermarks::Flushed(rx) = &shared.settings.watermarks {
+        tokio::spawn(push_flushed(rx.clone(), shared.clone()));
+    }
     accept(listener, Target::Bootstrap, shared).await;
+}
+
+/// A confirmed watermark holds for every channel of the front, also those with nothing to
+/// send: it is given to each as it comes (channels opened later get it when they first settle).
+async fn push_flushed(mut rx: tokio::sync::watch::Receiver<Option<sluice_core::EventTime>>, shared: Arc<Shared>) {
+    loop {
+        tokio::select! {
+            () = shared.stop.cancelled() => return,
+            changed = rx.changed() => if changed.is_err() { return },
+        }
+        let Some(wm) = *rx.borrow_and_update() else { continue };
+        let now = shared.gate.now_ms();
+        let mut state = shared.gate.lock();
+        let ids: Vec<String> = state
+            .tracker
+            .known(now)
+            .filter(|id| id.starts_with(produce::CHANNEL_PREFIX))
+            .map(str::to_owned)
+            .collect();
+        for id in ids {
+            state.tracker.on_watermark(&id, wm, now);
+        }
+    }
 }
 
 async fn accept(listener: TcpListener, target: Target, shared: Arc<Shared>) {
@@ -338,7 +398,7 @@ async fn produce(
         channels,
         connection: number,
         hold_limit: shared.settings.hold_limit,
-        watermark_bound_ms: shared.settings.watermark_bound_ms,
+        watermarks: &shared.settings.watermarks,
     };
     let decided = policy.decide(body).await;
     let upstream_answer = match &decided.upstream {

@@ -47,6 +47,9 @@ impl Timed for Item {
     }
 }
 
+/// Every Kafka front channel id starts so (`kafka/{connection}/{topic}/{partition}`).
+pub const CHANNEL_PREFIX: &str = "kafka/";
+
 /// One (connection, topic, partition): a channel of the gate.
 pub struct PartitionChannel {
     id: Arc<str>,
@@ -125,8 +128,8 @@ pub struct Policy<'a> {
     pub connection: u64,
     /// Hold queue bound per channel.
     pub hold_limit: usize,
-    /// Derived watermark: the largest event time sent minus this.
-    pub watermark_bound_ms: i64,
+    /// Where channel watermarks come from.
+    pub watermarks: &'a super::FrontWatermarks,
 }
 
 /// A decided request: what to send upstream (if anything) and how to answer.
@@ -276,7 +279,7 @@ impl Policy<'_> {
     ) -> Result<(Vec<u32>, u64), Refusal> {
         let key = (topic.to_owned(), index);
         if !self.channels.contains_key(&key) {
-            let id = format!("kafka/{}/{topic}/{index}", self.connection);
+            let id = format!("{CHANNEL_PREFIX}{}/{topic}/{index}", self.connection);
             let ch = PartitionChannel::open(self.gate, id, self.hold_limit).await?;
             self.channels.insert(key.clone(), ch);
         }
@@ -360,8 +363,7 @@ impl Policy<'_> {
                 state.counters.on_acked(*admitted, *late);
             }
             if let Some(ch) = self.channels.get(&(topic.clone(), *index)) {
-                if ok && let Some(max) = ch.max_ts {
-                    let wm = max.saturating_sub(self.watermark_bound_ms);
+                if ok && let Some(wm) = self.watermarks.of(ch.max_ts) {
                     state.tracker.on_watermark(&ch.id, wm, now);
                 }
                 state.tracker.set_busy(&ch.id, false, now);
@@ -371,8 +373,7 @@ impl Policy<'_> {
             if matches!(outcome, Outcome::AllDropped)
                 && let Some(ch) = self.channels.get(&(topic.clone(), *index))
             {
-                if let Some(max) = ch.max_ts {
-                    let wm = max.saturating_sub(self.watermark_bound_ms);
+                if let Some(wm) = self.watermarks.of(ch.max_ts) {
                     state.tracker.on_watermark(&ch.id, wm, now);
                 }
                 state.tracker.set_busy(&ch.id, false, now);

@@ -78,6 +78,11 @@ public final class CutoverJob {
         conf.setString("restart-strategy.fixed-delay.delay", "1 s");
         conf.setString("pipeline.auto-watermark-interval", "100 ms");
         conf.setString("execution.buffer-timeout.interval", "20 ms");
+        // The REST API's watermarks come from the metric fetcher (10 s by default): a sidecar
+        // following the job (--flink-rest) wants them fresh.
+        conf.setString("metrics.fetcher.update-interval", a.getOrDefault("metrics-fetch-interval", "500 ms"));
+        // ... and checkpoint statistics are cached for this long (3 s by default).
+        conf.setString("web.refresh-interval", a.getOrDefault("web-refresh-interval", "500 ms"));
         if (a.containsKey("checkpoint-dir")) {
             conf.setString("execution.checkpointing.dir", a.get("checkpoint-dir"));
         }
