@@ -76,9 +76,9 @@ fn drain_approximate(p: &Pipeline, reported: &BTreeMap<String, v1::GateProgress>
     };
     r.gates.iter().any(|(gate, deployment)| {
         deployment == active
-            && reported.get(gate).is_some_and(|g| {
-                g.watermark_source() == v1::WatermarkSource::Derived
-            })
+            && reported
+                .get(gate)
+                .is_some_and(|g| g.watermark_source() == v1::WatermarkSource::Derived)
     })
 }
 
@@ -167,8 +167,12 @@ mod tests {
     #[test]
     fn a_derived_watermark_on_the_active_side_marks_the_drain_approximate() {
         let mut p = Pipeline::new("ns/p", PipelineOptions::default(), 10);
-        let _ = p.attach("b1", "blue", 1, GateProgress::default(), 11).unwrap();
-        let _ = p.attach("g1", "green", 2, GateProgress::default(), 12).unwrap();
+        let _ = p
+            .attach("b1", "blue", 1, GateProgress::default(), 11)
+            .unwrap();
+        let _ = p
+            .attach("g1", "green", 2, GateProgress::default(), 12)
+            .unwrap();
         let from = |source: v1::WatermarkSource| v1::GateProgress {
             watermark_source: source as i32,
             ..Default::default()

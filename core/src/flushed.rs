@@ -92,7 +92,8 @@ impl FlushedWatermark {
         let age = self.max_metric_age_ms;
         // A restore voids what may have been read before it.
         if let Some(r) = s.restored_at_ms {
-            self.pending.retain(|p| r < p.held_at_ms.saturating_sub(age));
+            self.pending
+                .retain(|p| r < p.held_at_ms.saturating_sub(age));
         }
         if let Some(trigger) = s.completed_trigger_ms {
             let mut best = None;
@@ -176,11 +177,17 @@ mod tests {
         };
         assert_eq!(f.observe(&restored(snap(None, 101_000, 100_800))), None);
         // A watermark read within the metric age of the restore may be the old execution's.
-        assert_eq!(f.observe(&restored(snap(Some(300), 105_000, 104_800))), None);
+        assert_eq!(
+            f.observe(&restored(snap(Some(300), 105_000, 104_800))),
+            None
+        );
         assert_eq!(f.observe(&restored(snap(None, 106_000, 105_800))), None);
         // Past the age: an observation again, confirmed by a later checkpoint.
         assert_eq!(f.observe(&restored(snap(Some(90), 110_300, 109_900))), None);
-        assert_eq!(f.observe(&restored(snap(Some(95), 111_000, 110_500))), Some(90));
+        assert_eq!(
+            f.observe(&restored(snap(Some(95), 111_000, 110_500))),
+            Some(90)
+        );
     }
 
     #[test]

@@ -935,21 +935,38 @@ mod tests {
 
     #[test]
     fn flink_rest_needs_the_kafka_front_and_a_plain_http_address() {
-        let front = ["--kafka-listen", "127.0.0.1:9092", "--kafka-upstream", "127.0.0.1:9093"];
+        let front = [
+            "--kafka-listen",
+            "127.0.0.1:9092",
+            "--kafka-upstream",
+            "127.0.0.1:9093",
+        ];
         let mut args = front.to_vec();
         args.extend(["--flink-rest", "http://orders-rest.shop:8081"]);
         let c = parse(&args).validated().unwrap();
-        assert_eq!(c.flink_rest.unwrap().to_string(), "http://orders-rest.shop:8081");
+        assert_eq!(
+            c.flink_rest.unwrap().to_string(),
+            "http://orders-rest.shop:8081"
+        );
         assert!(matches!(
             parse(&["--flink-rest", "http://127.0.0.1:8081"]).validated(),
             Err(ConfigError::FlinkRestWithoutFront)
         ));
         let mut zero = args.clone();
         zero.extend(["--flink-rest-interval", "0s"]);
-        assert!(matches!(parse(&zero).validated(), Err(ConfigError::FlinkRestInterval)));
-        let err = Config::try_parse_from(
-            ["gate-sidecar", "--pipeline", "a/b", "--deployment", "d", "--flink-rest", "https://x:1"],
-        )
+        assert!(matches!(
+            parse(&zero).validated(),
+            Err(ConfigError::FlinkRestInterval)
+        ));
+        let err = Config::try_parse_from([
+            "gate-sidecar",
+            "--pipeline",
+            "a/b",
+            "--deployment",
+            "d",
+            "--flink-rest",
+            "https://x:1",
+        ])
         .unwrap_err()
         .to_string();
         assert!(err.contains("only http:// is supported"), "{err}");

@@ -228,7 +228,11 @@ enum Found {
 }
 
 /// Polls until `stop`, publishing the confirmed watermark on `tx`.
-pub async fn watch(settings: RestSettings, tx: watch::Sender<Option<EventTime>>, stop: CancellationToken) {
+pub async fn watch(
+    settings: RestSettings,
+    tx: watch::Sender<Option<EventTime>>,
+    stop: CancellationToken,
+) {
     tracing::info!(rest = %settings.address, interval = ?settings.interval, "following the Flink job's checkpoints for the Kafka front's watermark");
     let age = u64::try_from(settings.max_metric_age.as_millis()).unwrap_or(u64::MAX);
     let mut flushed = FlushedWatermark::new(age);
@@ -282,7 +286,10 @@ pub async fn watch(settings: RestSettings, tx: watch::Sender<Option<EventTime>>,
         if now != before {
             tracing::debug!(watermark_ms = now, "watermark confirmed by a checkpoint");
             if before.is_none() {
-                tracing::info!(watermark_ms = now, "first watermark confirmed by a checkpoint");
+                tracing::info!(
+                    watermark_ms = now,
+                    "first watermark confirmed by a checkpoint"
+                );
             }
             tx.send_replace(now);
         }
@@ -324,10 +331,17 @@ async fn poll(s: &RestSettings, following: Option<&str>) -> Result<Found, PollEr
         .collect();
     let mut sink_watermark: Option<EventTime> = Some(EventTime::MAX);
     let mut sinks = 0;
-    for v in details.vertices.iter().filter(|v| !read_from.contains(v.id.as_str())) {
+    for v in details
+        .vertices
+        .iter()
+        .filter(|v| !read_from.contains(v.id.as_str()))
+    {
         sinks += 1;
-        let metrics: Vec<Metric> =
-            get(&s.address, &format!("/jobs/{id}/vertices/{}/watermarks", v.id)).await?;
+        let metrics: Vec<Metric> = get(
+            &s.address,
+            &format!("/jobs/{id}/vertices/{}/watermarks", v.id),
+        )
+        .await?;
         let values: Vec<EventTime> = metrics
             .iter()
             .filter(|m| m.id.ends_with(".currentInputWatermark"))
@@ -419,8 +433,17 @@ mod tests {
         assert_eq!((b.port, b.prefix.as_str()), (9000, "/flink"));
         let c: RestAddress = "http://[::1]".parse().unwrap();
         assert_eq!((c.host.as_str(), c.port), ("::1", 8081));
-        assert!(matches!("https://x:1".parse::<RestAddress>(), Err(RestAddressError::Https(_))));
-        assert!(matches!("x:1".parse::<RestAddress>(), Err(RestAddressError::Malformed(_))));
-        assert!(matches!("ftp://x".parse::<RestAddress>(), Err(RestAddressError::Malformed(_))));
+        assert!(matches!(
+            "https://x:1".parse::<RestAddress>(),
+            Err(RestAddressError::Https(_))
+        ));
+        assert!(matches!(
+            "x:1".parse::<RestAddress>(),
+            Err(RestAddressError::Malformed(_))
+        ));
+        assert!(matches!(
+            "ftp://x".parse::<RestAddress>(),
+            Err(RestAddressError::Malformed(_))
+        ));
     }
 }

@@ -81,7 +81,7 @@ pub struct FrontConfig {
 }
 
 impl FrontConfig {
-    /// The defaults: 36,000 records at 1,000/s, blue 2, green 3 started 8 s late.
+    /// The defaults: 45,000 records at 1,000/s, blue 2, green 3 started 8 s late.
     pub fn new(work_dir: impl Into<PathBuf>, sink: SinkKind, drain: DrainKind) -> Self {
         let rate = 1_000;
         Self {
@@ -89,7 +89,7 @@ impl FrontConfig {
             sink,
             drain,
             sequence: Sequence {
-                records: rate * 36,
+                records: rate * 45,
                 rate,
                 partitions: 4,
                 keys_per_partition: 8,
@@ -301,7 +301,9 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     // Only now is blue cancelled, as an orchestrator would on completion.
-    let blue_state_at_cancel = flink::job_state(blue_rest, &blue_id).await?;
+    let blue_state_at_cancel = flink::job_state(blue_rest, &blue_id)
+        .await
+        .context("blue's REST API at completion (has blue already finished its input?)")?;
     // A SQL job's mini-cluster may stop before the answer is out: what counts is that it stops.
     match flink::rest(blue_rest, "PATCH", &format!("/jobs/{blue_id}?mode=cancel")).await {
         Ok((code, _)) => ensure!(
@@ -470,7 +472,11 @@ pub fn check(cfg: &FrontConfig, r: &FrontReport) -> Result<()> {
     };
     for g in &r.status.gates {
         let reported = g.progress.as_ref().map(|p| p.watermark_source());
-        ensure!(reported == Some(source), "gate {} reports {reported:?}", g.gate_id);
+        ensure!(
+            reported == Some(source),
+            "gate {} reports {reported:?}",
+            g.gate_id
+        );
     }
     ensure!(
         (

@@ -112,6 +112,35 @@ pub struct SimConfig {
     /// mark, so the next barrier lands a year ahead and the cutover never completes (the
     /// liveness check fails such runs).
     pub no_future_horizon: bool,
+    /// Model the Kafka front with the exact drain through Flink's REST API: clients send no
+    /// watermarks; each deployment is a Flink job whose sink watermark (the one its channels
+    /// would have sent) is read stale from a modeled REST API, confirmed by a checkpoint
+    /// triggered after it ([`sluice_core::flushed::FlushedWatermark`], the sidecar's own rule),
+    /// and given to every channel of the deployment's gates. A checkpoint completes once every
+    /// record its channels sent before it was triggered is decided (the sink's flush waits for
+    /// the front's acknowledgements). Restores are not modeled (the sim's clients re-send).
+    pub rest_drain: bool,
+}
+
+/// The REST drain's model (see [`SimConfig::rest_drain`]).
+const REST_POLL_MS: u64 = 200;
+const REST_CHECKPOINT_MS: u64 = 1_000;
+/// The most a REST watermark read is behind (Flink's metric fetcher).
+const REST_METRIC_AGE_MS: u64 = 1_000;
+/// The most a checkpoint statistic read is behind (Flink's REST cache).
+const REST_STATS_AGE_MS: u64 = 500;
+
+/// One deployment as a Flink job, for the REST drain.
+#[derive(Debug)]
+struct FlinkJob {
+    /// (time, the job's sink watermark then), newest last, for stale reads.
+    samples: VecDeque<(u64, Option<EventTime>)>,
+    /// Checkpoints in flight: trigger time, and per channel the `next` index at the trigger.
+    in_flight: Vec<(u64, Vec<(usize, usize)>)>,
+    /// Completed checkpoints: (completed at, triggered at), newest last.
+    completed: VecDeque<(u64, u64)>,
+    next_trigger: u64,
+    flushed: sluice_core::flushed::FlushedWatermark,
 }
 
 impl Default for SimConfig {
@@ -127,6 +156,7 @@ impl Default for SimConfig {
             expiry_partitions: false,
             no_lease: false,
             no_future_horizon: false,
+            rest_drain: false,
         }
     }
 }
@@ -387,6 +417,13 @@ struct Chan {
     spoke: bool,
     /// Closed owing nothing (never spoke, or finished): the tracker forgot it.
     forgotten: bool,
+    /// REST drain: the watermark the Flink sink subtask has (what it would have sent).
+    flink_wm: Option<EventTime>,
+    /// REST drain: records the sink writer was handed and its Kafka producer has not sent yet
+    /// (they count for the job's watermark, sent on the next wake: a linger).
+    buffered: VecDeque<Rec>,
+    /// REST drain: the largest event time handed to the writer.
+    max_ts_taken: Option<EventTime>,
 }
 
 /// A sidecar's gate for one deployment.
@@ -474,6 +511,11 @@ enum Ev {
     Wake {
         chan: usize,
         generation: u64,
+    },
+    /// REST drain: the deployment's sidecars poll Flink, which triggers and completes
+    /// checkpoints.
+    FlinkTick {
+        dep: Dep,
     },
     BreakFault,
     Partition {
@@ -705,6 +747,8 @@ struct Sim<'a> {
     gap: Option<(u64, u64)>,
     history: Vec<String>,
     trace: Vec<String>,
+    /// Blue's and green's Flink jobs (REST drain only).
+    flink: [FlinkJob; 2],
 }
 
 /// A 64-bit mix (splitmix64's finaliser): partitions records differently per deployment.
@@ -898,6 +942,9 @@ impl<'a> Sim<'a> {
                         wm_at_gate: None,
                         spoke: false,
                         forgotten: false,
+                        flink_wm: None,
+                        buffered: VecDeque::new(),
+                        max_ts_taken: None,
                     });
                 }
                 gates.push(gate);
@@ -987,6 +1034,13 @@ impl<'a> Sim<'a> {
             gap: None,
             history: vec![],
             trace: vec![],
+            flink: std::array::from_fn(|_| FlinkJob {
+                samples: VecDeque::new(),
+                in_flight: vec![],
+                completed: VecDeque::new(),
+                next_trigger: 0,
+                flushed: sluice_core::flushed::FlushedWatermark::new(REST_METRIC_AGE_MS),
+            }),
         };
         sim.chan_of = vec![[0; 2]; n];
         for (c, ch) in sim.chans.iter().enumerate() {
@@ -1000,6 +1054,10 @@ impl<'a> Sim<'a> {
 
     fn schedule_initial(&mut self, input_end: u64, fr: f64) {
         self.at(0, Ev::CoordTick);
+        if self.cfg.rest_drain {
+            self.at(0, Ev::FlinkTick { dep: Dep::Blue });
+            self.at(0, Ev::FlinkTick { dep: Dep::Green });
+        }
         // Blue starts at once: its gates attach (and are auto-activated), its clients send.
         for g in 0..self.gates.len() {
             if self.gates[g].dep == Dep::Blue {
@@ -1172,6 +1230,12 @@ impl<'a> Sim<'a> {
             + sc.idle_timeout_ms
             + 4 * sc.heartbeat_ms
             + 3_000
+            + if self.cfg.rest_drain {
+                // Reads behind, a checkpoint interval, the poll: for each side.
+                2 * (REST_METRIC_AGE_MS + REST_STATS_AGE_MS + 2 * REST_CHECKPOINT_MS + REST_POLL_MS)
+            } else {
+                0
+            }
     }
 
     fn tr_scenario(&mut self) {
@@ -1243,6 +1307,12 @@ impl<'a> Sim<'a> {
                 }
             }
             Ev::CoordCrash => self.coord_crash(),
+            Ev::FlinkTick { dep } => {
+                self.after(REST_POLL_MS, Ev::FlinkTick { dep });
+                if dep == Dep::Blue || self.green_started_at.is_some() {
+                    self.flink_tick(dep)?;
+                }
+            }
             Ev::CoordRestart => {
                 let (p, fx) = Pipeline::restore(self.stored.clone(), self.options, self.now);
                 self.coord = Some(p);
@@ -1801,6 +1871,7 @@ impl<'a> Sim<'a> {
                 let unsent = ch
                     .resend
                     .iter()
+                    .chain(&ch.buffered)
                     .map(|r| (r.id, r.ts))
                     .chain(
                         ch.records[ch.next..]
@@ -2136,6 +2207,89 @@ impl<'a> Sim<'a> {
         Ok(())
     }
 
+    /// REST drain: one poll of `dep`'s Flink job by its sidecars (see [`SimConfig::rest_drain`]).
+    fn flink_tick(&mut self, dep: Dep) -> Result<(), String> {
+        let now = self.now;
+        let chans: Vec<usize> = (0..self.chans.len())
+            .filter(|&c| self.chans[c].dep == dep)
+            .collect();
+        // A checkpoint completes once everything sent before its trigger is decided: nothing
+        // of it waits in a gate's queue or to be re-sent to a restarted sidecar.
+        let undecided_below = |sim: &Self, c: usize, bound: usize| {
+            let ch = &sim.chans[c];
+            let g = &sim.gates[ch.gate];
+            g.mirrors[ch.slot]
+                .iter()
+                .chain(&ch.resend)
+                .chain(&ch.buffered)
+                .any(|r| (r.seq as usize) < bound)
+        };
+        let job = &self.flink[dep.idx()];
+        let mut done = vec![];
+        for (k, (trigger, marks)) in job.in_flight.iter().enumerate() {
+            if marks
+                .iter()
+                .all(|&(c, bound)| !undecided_below(self, c, bound))
+            {
+                done.push((k, *trigger));
+            }
+        }
+        let job = &mut self.flink[dep.idx()];
+        for (k, trigger) in done.into_iter().rev() {
+            job.in_flight.remove(k);
+            job.completed.push_back((now, trigger));
+        }
+        job.completed
+            .retain(|(at, _)| now.saturating_sub(*at) <= 10 * REST_CHECKPOINT_MS);
+        if now >= job.next_trigger && job.in_flight.len() < 3 {
+            job.next_trigger = now + REST_CHECKPOINT_MS;
+            let marks = chans.iter().map(|&c| (c, self.chans[c].next)).collect();
+            self.flink[dep.idx()].in_flight.push((now, marks));
+        }
+        // The job's sink watermark now: the minimum over its subtasks.
+        let wm = chans
+            .iter()
+            .map(|&c| self.chans[c].flink_wm)
+            .try_fold(EventTime::MAX, |m, w| w.map(|w| m.min(w)));
+        let job = &mut self.flink[dep.idx()];
+        job.samples.push_back((now, wm));
+        while job.samples.len() > 64 {
+            job.samples.pop_front();
+        }
+        // Read stale, as Flink's REST API serves them.
+        let metric_age = self.rng.random_range(0..=REST_METRIC_AGE_MS);
+        let stats_age = self.rng.random_range(0..=REST_STATS_AGE_MS);
+        let job = &mut self.flink[dep.idx()];
+        let read_wm = job
+            .samples
+            .iter()
+            .rev()
+            .find(|(t, _)| *t + metric_age <= now)
+            .and_then(|(_, w)| *w);
+        let read_trigger = job
+            .completed
+            .iter()
+            .rev()
+            .find(|(at, _)| *at + stats_age <= now)
+            .map(|(_, trigger)| *trigger);
+        let confirmed = job.flushed.observe(&sluice_core::flushed::JobSnapshot {
+            sink_watermark: read_wm,
+            jobmanager_now_ms: now,
+            completed_trigger_ms: read_trigger,
+            restored_at_ms: None,
+            finished: false,
+        });
+        let Some(w) = confirmed else { return Ok(()) };
+        // Each sidecar gives it to every open Kafka channel of its gate.
+        for c in chans {
+            let ch = &self.chans[c];
+            if self.gates[ch.gate].alive && ch.attached && !ch.closed {
+                self.chan_watermark(c, w);
+            }
+        }
+        Ok(())
+    }
+
     fn chan_watermark(&mut self, c: usize, wm: EventTime) {
         let now = self.now;
         let ch = &mut self.chans[c];
@@ -2422,7 +2576,9 @@ impl<'a> Sim<'a> {
 
     fn chan_finished(&self, c: usize) -> bool {
         let ch = &self.chans[c];
-        ch.resend.is_empty() && (ch.next == ch.records.len() || !self.source_open(c))
+        ch.resend.is_empty()
+            && ch.buffered.is_empty()
+            && (ch.next == ch.records.len() || !self.source_open(c))
     }
 
     fn wake_at(&mut self, c: usize, t: u64) {
@@ -2466,6 +2622,16 @@ impl<'a> Sim<'a> {
                     batch.push(r);
                     continue;
                 }
+                if self.cfg.rest_drain {
+                    // The producer sends what it buffered since the last wake.
+                    match self.chans[c].buffered.pop_front() {
+                        Some(r) => {
+                            batch.push(r);
+                            continue;
+                        }
+                        None => break,
+                    }
+                }
                 let ch = &self.chans[c];
                 if !open || ch.next >= ch.records.len() {
                     break;
@@ -2481,6 +2647,31 @@ impl<'a> Sim<'a> {
                     future: false,
                 });
                 self.chans[c].next += 1;
+            }
+        }
+        if self.cfg.rest_drain && !self.gates[g].queues[slot].is_full() {
+            // The writer is handed the next records; its producer sends them next time.
+            while self.chans[c].buffered.len() < self.sc.batch {
+                let ch = &self.chans[c];
+                if !open || ch.next >= ch.records.len() {
+                    break;
+                }
+                let id = ch.records[ch.next];
+                if self.avail(dep, id) > now {
+                    break;
+                }
+                let ts = self.inputs[id as usize].ts;
+                let ch = &mut self.chans[c];
+                ch.buffered.push_back(Rec {
+                    id,
+                    ts,
+                    seq: ch.next as u32,
+                    future: false,
+                });
+                if !self.inputs[id as usize].outlier {
+                    ch.max_ts_taken = ch.max_ts_taken.max(Some(ts));
+                }
+                ch.next += 1;
             }
         }
         if !batch.is_empty() {
@@ -2533,8 +2724,22 @@ impl<'a> Sim<'a> {
             && wm_due
         {
             let wm = max - self.sc.bound_ms;
-            self.chan_watermark(c, wm);
+            if self.cfg.rest_drain {
+                // Kafka carries no watermark: only the Flink job knows it, and it counts what
+                // the writer was handed, sent or not.
+                let ch = &mut self.chans[c];
+                ch.flink_wm = ch.max_ts_taken.map(|m| m - self.sc.bound_ms);
+            } else {
+                self.chan_watermark(c, wm);
+            }
             self.chans[c].last_wm_at = Some(now);
+        }
+        if finished && !self.chans[c].end_signalled && self.cfg.rest_drain {
+            self.chans[c].end_signalled = true;
+            // The subtask's input is done: its watermark is MAX in the job. On the wire there
+            // is nothing to say: the producer stays connected and falls silent (a Flink job's
+            // Kafka writers close only when the whole job ends).
+            self.chans[c].flink_wm = Some(EventTime::MAX);
         }
         if finished && !self.chans[c].end_signalled {
             self.chans[c].end_signalled = true;
@@ -2557,6 +2762,7 @@ impl<'a> Sim<'a> {
         // Sleep until the next thing to do.
         let ch = &self.chans[c];
         let ready_now = !ch.resend.is_empty()
+            || !ch.buffered.is_empty()
             || (open && ch.next < ch.records.len() && self.avail(dep, ch.records[ch.next]) <= now);
         let next = if ready_now {
             // A full queue is woken by the assignment that frees it.

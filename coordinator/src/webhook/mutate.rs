@@ -66,6 +66,11 @@ pub const ANNOTATION_KAFKA_FRONT: &str = "sluice.dev/kafka-front";
 /// The real cluster behind the Kafka front (its `SLUICE_KAFKA_UPSTREAM`); defaults to the
 /// `kafka:` sink's servers.
 pub const ANNOTATION_KAFKA_UPSTREAM: &str = "sluice.dev/kafka-upstream";
+/// With the Kafka front: the Flink REST endpoint the sidecar follows for an exact drain
+/// (`SLUICE_FLINK_REST`), `http://HOST:PORT`; `none` keeps the derived (approximate)
+/// watermark. Defaults to the Flink operator's REST Service of the FlinkDeployment (label
+/// `app`): `http://<app>-rest.<namespace>:8081`.
+pub const ANNOTATION_FLINK_REST: &str = "sluice.dev/flink-rest";
 /// Where the Kafka front takes a record's event time (its `SLUICE_EVENT_TIME`).
 pub const ANNOTATION_EVENT_TIME: &str = "sluice.dev/event-time";
 /// The Kafka front's address inside the pod (the pod's loopback, shared by its containers).
@@ -337,6 +342,14 @@ pub fn mutate(
     };
     let kafka_upstream = value(ANNOTATION_KAFKA_UPSTREAM)?;
     let event_time = value(ANNOTATION_EVENT_TIME)?;
+    let flink_rest = match value(ANNOTATION_FLINK_REST)? {
+        Some("none") => None,
+        Some(url) => Some(url.to_owned()),
+        None => match (app, namespace) {
+            (Some(app), Some(ns)) => Some(format!("http://{app}-rest.{ns}:8081")),
+            _ => None,
+        },
+    };
     if kafka_front && kafka_upstream.is_none() && !sink.starts_with("kafka:") {
         return Err(Skip::KafkaFrontWithoutUpstream);
     }
@@ -350,6 +363,7 @@ pub fn mutate(
         kafka_front: kafka_front.then_some(KafkaFront {
             upstream: kafka_upstream,
             event_time,
+            flink_rest: flink_rest.as_deref(),
         }),
     };
 
@@ -665,6 +679,8 @@ pub struct KafkaFront<'a> {
     pub upstream: Option<&'a str>,
     /// [`ANNOTATION_EVENT_TIME`], if set.
     pub event_time: Option<&'a str>,
+    /// The Flink REST endpoint for the exact drain ([`ANNOTATION_FLINK_REST`]), if any.
+    pub flink_rest: Option<&'a str>,
 }
 
 /// The gate sidecar container.
@@ -718,6 +734,9 @@ pub fn sidecar(config: &InjectionConfig, pod: &PodSettings<'_>) -> Container {
         }
         if let Some(t) = front.event_time {
             env.push(env_var("SLUICE_EVENT_TIME", t));
+        }
+        if let Some(r) = front.flink_rest {
+            env.push(env_var("SLUICE_FLINK_REST", r));
         }
     }
     env.push(env_var(
@@ -886,8 +905,28 @@ mod tests {
         assert_eq!(side["SLUICE_KAFKA_LISTEN"], KAFKA_FRONT_ADDR);
         assert_eq!(side["SLUICE_KAFKA_UPSTREAM"], "kafka.prod:9092");
         assert_eq!(side["SLUICE_EVENT_TIME"], "json:/event_time");
+        // The operator's REST Service of the FlinkDeployment (label app), for the exact drain.
+        assert_eq!(side["SLUICE_FLINK_REST"], "http://orders-v1-rest.shop:8081");
         let job = env_of(&spec.containers[0]);
         assert_eq!(job["SLUICE_KAFKA_BOOTSTRAP"], KAFKA_FRONT_ADDR);
+        // An explicit REST address wins; `none` keeps the derived watermark.
+        for (value, expected) in [
+            ("http://jm.shop:9000", Some("http://jm.shop:9000")),
+            ("none", None),
+        ] {
+            let pod = tm(&[
+                (ANNOTATION_KAFKA_FRONT, "true"),
+                (ANNOTATION_KAFKA_UPSTREAM, "kafka.prod:9092"),
+                (ANNOTATION_FLINK_REST, value),
+            ]);
+            let out = apply(&pod, &mutate(&pod, Some("shop"), &config()).unwrap());
+            let spec = out.spec.as_ref().unwrap();
+            let side = env_of(&spec.init_containers.as_ref().unwrap()[0]);
+            assert_eq!(
+                side.get("SLUICE_FLINK_REST").and_then(|v| v.as_str()),
+                expected
+            );
+        }
         // Without the annotation: no front, nothing for the job.
         let plain = apply(
             &tm(&[]),

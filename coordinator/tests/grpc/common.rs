@@ -97,6 +97,7 @@ pub fn progress(high: i64, watermark: i64) -> v1::GateProgress {
             dropped_shadow: 1,
             ..Default::default()
         }),
+        watermark_source: v1::WatermarkSource::Explicit as i32,
     }
 }
 

@@ -206,13 +206,18 @@ pub async fn serve(
 
 /// A confirmed watermark holds for every channel of the front, also those with nothing to
 /// send: it is given to each as it comes (channels opened later get it when they first settle).
-async fn push_flushed(mut rx: tokio::sync::watch::Receiver<Option<sluice_core::EventTime>>, shared: Arc<Shared>) {
+async fn push_flushed(
+    mut rx: tokio::sync::watch::Receiver<Option<sluice_core::EventTime>>,
+    shared: Arc<Shared>,
+) {
     loop {
         tokio::select! {
             () = shared.stop.cancelled() => return,
             changed = rx.changed() => if changed.is_err() { return },
         }
-        let Some(wm) = *rx.borrow_and_update() else { continue };
+        let Some(wm) = *rx.borrow_and_update() else {
+            continue;
+        };
         let now = shared.gate.now_ms();
         let mut state = shared.gate.lock();
         let ids: Vec<String> = state

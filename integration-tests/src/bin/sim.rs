@@ -53,6 +53,10 @@ struct Args {
     /// (the liveness check fails such runs; shows why far-future records are dropped).
     #[arg(long)]
     no_future_horizon: bool,
+    /// The Kafka front's exact drain: no client watermarks; each deployment's Flink job is
+    /// polled through a modeled (stale) REST API and confirmed by checkpoints.
+    #[arg(long)]
+    rest_drain: bool,
     /// Worker threads for a range of seeds.
     #[arg(long, default_value_t = 2)]
     jobs: usize,
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
         expiry_partitions: args.expiry_partitions,
         no_lease: args.no_lease,
         no_future_horizon: args.no_future_horizon,
+        rest_drain: args.rest_drain,
         ..SimConfig::default()
     };
     if let Some(seed) = args.seed {
