@@ -200,7 +200,8 @@ async fn bad_input_closes_only_that_connection() {
 /// A batch whose answer was lost (the client's connection cut after the front forwarded it) is
 /// retried with the same sequence on a new connection: the topic holds it once. After a
 /// sidecar `kill -9` the front has lost the sequence mapping: a producer mid-sequence is told
-/// `UNKNOWN_PRODUCER_ID` (it resets its producer id; Flink restores), never a guessed sequence.
+/// the non-retriable `INVALID_RECORD` (the client fails the batch; Flink restores), never a
+/// guessed sequence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_batch_is_written_once_and_a_restart_is_an_error_not_a_duplicate() {
     let mut w = world().await.unwrap();
@@ -269,7 +270,7 @@ async fn a_retried_batch_is_written_once_and_a_restart_is_an_error_not_a_duplica
         let again = leader(w.front.1).await?;
         let mut c = Wire::connect(again).await?;
         let r: ProduceResponse = c.call(ApiKey::Produce, 9, &produce(mk(10)?)).await?;
-        assert_eq!(error_of(&r), 59, "UNKNOWN_PRODUCER_ID: {r:?}");
+        assert_eq!(error_of(&r), 87, "INVALID_RECORD: {r:?}");
         let msg = r.responses[0].partition_responses[0]
             .error_message
             .as_deref()

@@ -228,10 +228,15 @@ impl Policy<'_> {
         let (up_base, admitted, late) = match mapped {
             Mapped::Retry { base, admitted } => (base, admitted, 0),
             Mapped::Unknown => {
+                // Not UNKNOWN_PRODUCER_ID: kafka-clients 4 retries that one forever with the
+                // same sequence (seen with Flink's KafkaSink: checkpoints stopped), so the
+                // client is told with a non-retriable error and fails the batch; Flink then
+                // restores its checkpoint with a new producer.
                 return Err(Refusal::new(
-                    ResponseError::UnknownProducerId,
-                    "the sluice sidecar does not know this producer's sequence here (it \
-                     restarted): reset the producer id",
+                    ResponseError::InvalidRecord,
+                    "the sluice sidecar restarted and does not know this producer's sequence \
+                     here: the batch is refused, not guessed; restart the producer (Flink \
+                     restores its checkpoint)",
                 ));
             }
             Mapped::OutOfOrder => {

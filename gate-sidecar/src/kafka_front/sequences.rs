@@ -7,9 +7,11 @@
 //! base sequence and count) gets the same upstream batch again — the same admitted records at
 //! the same upstream sequences — whatever the gate would decide now, so the broker's duplicate
 //! check still works. The map is bounded; a key it does not know (a sidecar restart, or
-//! eviction) whose batch does not start a sequence at 0 is refused with `UNKNOWN_PRODUCER_ID`,
-//! which makes the client reset its producer id (or Flink restore its checkpoint): never a
-//! guessed sequence, so never a lost or duplicated record.
+//! eviction) whose batch does not start a sequence at 0 is refused with a non-retriable
+//! `INVALID_RECORD` naming the cause, so the client fails that batch and Flink restores its
+//! checkpoint: never a guessed sequence, so never a lost or duplicated record beyond what the
+//! restore replays. (`UNKNOWN_PRODUCER_ID` was the first choice: kafka-clients 4 retries it
+//! forever with the same sequence.)
 
 use std::collections::{BTreeMap, VecDeque};
 

@@ -487,6 +487,7 @@ fn run(args: &Args) -> Result<()> {
     )?;
     wait_for_tcp(front_addr.parse()?, Duration::from_secs(10))?;
     let (mut direct_rates, mut front_rates) = (vec![], vec![]);
+    let (mut direct_cpu, mut client_cpu_front, mut front_cpu) = (vec![], vec![], vec![]);
     println!();
     println!(
         "Kafka front: a plain rdkafka producer process ({} records per run, {} rounds), straight \
@@ -496,9 +497,13 @@ fn run(args: &Args) -> Result<()> {
     let client_cpu = pinning.then_some(1);
     for round in 0..args.rounds {
         let direct = run_child(args, &broker.bootstrap, "throughput", None, client_cpu, &[])?;
+        let cpu_before = front.cpu_seconds()?;
         let through = run_child(args, &front_addr, "throughput-front", None, client_cpu, &[])?;
+        front_cpu.push((front.cpu_seconds()? - cpu_before) / n);
         direct_rates.push(n / direct["seconds"].as_f64().context("child result")?);
         front_rates.push(n / through["seconds"].as_f64().context("child result")?);
+        direct_cpu.push(direct["cpu_seconds"].as_f64().context("child result")? / n);
+        client_cpu_front.push(through["cpu_seconds"].as_f64().context("child result")? / n);
         println!(
             "  round {round}: direct {:>10.0} records/s   through the front {:>10.0} records/s   ratio {:.3}",
             direct_rates[round],
@@ -506,11 +511,51 @@ fn run(args: &Args) -> Result<()> {
             front_rates[round] / direct_rates[round]
         );
     }
+    println!(
+        "  ratio front / direct (medians)   {:.3}   (target >= 0.9)",
+        median(&front_rates) / median(&direct_rates),
+    );
+    println!(
+        "  CPU per record (medians): producer direct {:.2} us, producer through the front {:.2} us, \
+         the front's sidecar {:.2} us",
+        median(&direct_cpu) * 1e6,
+        median(&client_cpu_front) * 1e6,
+        median(&front_cpu) * 1e6
+    );
+    // Latency at half the front's measured maximum, the same producer both ways.
+    let half = median(&front_rates) / 2.0;
+    let direct_lat = latencies_of(&run_child(
+        args,
+        &broker.bootstrap,
+        "latency",
+        Some(half),
+        client_cpu,
+        &[],
+    )?)?;
+    let front_lat = latencies_of(&run_child(
+        args,
+        &front_addr,
+        "latency",
+        Some(half),
+        client_cpu,
+        &[],
+    )?)?;
     let front_rss = front.peak_rss_kib()?;
     drop(front);
     println!(
-        "  ratio front / direct (medians)   {:.3}   (target >= 0.9); front sidecar peak RSS {:.1} MiB",
-        median(&front_rates) / median(&direct_rates),
+        "  latency at {half:.0} records/s (half the front's median maximum), linger.ms=0, groups of {}",
+        args.latency_group
+    );
+    row("direct: send -> all sent so far delivered", &direct_lat);
+    row("through the front: the same", &front_lat);
+    println!(
+        "  {:<48} p50 {:>8.3} ms   p99 {:>8.3} ms   (target p99 <= 1 ms)",
+        "added by the front (through - direct)",
+        ms(percentile(&front_lat, 0.50)) - ms(percentile(&direct_lat, 0.50)),
+        ms(percentile(&front_lat, 0.99)) - ms(percentile(&direct_lat, 0.99)),
+    );
+    println!(
+        "  front sidecar peak RSS {:.1} MiB",
         front_rss as f64 / 1024.0
     );
 

@@ -98,7 +98,7 @@ public final class CutoverJob {
                 conf.setString(k, "127.0.0.1");
             }
             conf.setString("rest.port", a.getOrDefault("rest-port", "0"));
-            conf.setString("taskmanager.numberOfTaskSlots", Integer.toString(parallelism));
+            conf.setString("taskmanager.numberOfTaskSlots", a.getOrDefault("slots", Integer.toString(parallelism)));
             env = StreamExecutionEnvironment.createLocalEnvironment(parallelism, conf);
         }
         env.setParallelism(parallelism);
