@@ -460,25 +460,40 @@ fn job_args(
     parallelism: u32,
     live: u64,
 ) -> Vec<String> {
-    let mut v: Vec<String> = [
-        ("--pipeline", PIPELINE.to_string()),
-        ("--deployment", deployment.to_string()),
-        ("--socket", socket.display().to_string()),
-        ("--parallelism", parallelism.to_string()),
-        (
-            "--checkpoint-dir",
-            format!(
-                "file://{}",
-                cfg.work_dir
-                    .join(format!("{deployment}-checkpoints"))
-                    .display()
-            ),
-        ),
-    ]
-    .into_iter()
-    .flat_map(|(k, v)| [k.to_string(), v])
-    .collect();
-    v.extend(cfg.sequence.java_args(live));
+    job_flags(
+        &cfg.work_dir,
+        deployment,
+        &cfg.sequence,
+        live,
+        &[
+            ("--pipeline", PIPELINE.to_string()),
+            ("--socket", socket.display().to_string()),
+            ("--parallelism", parallelism.to_string()),
+        ],
+    )
+}
+
+/// The arguments of a test job for `deployment`: `flags`, the deployment, its checkpoint
+/// directory under `work_dir`, and the input `seq` live from `live`.
+pub(crate) fn job_flags(
+    work_dir: &Path,
+    deployment: &str,
+    seq: &Sequence,
+    live: u64,
+    flags: &[(&str, String)],
+) -> Vec<String> {
+    let checkpoints = work_dir.join(format!("{deployment}-checkpoints"));
+    let mut v: Vec<String> = flags
+        .iter()
+        .flat_map(|(k, v)| [k.to_string(), v.clone()])
+        .collect();
+    v.extend([
+        "--deployment".into(),
+        deployment.into(),
+        "--checkpoint-dir".into(),
+        format!("file://{}", checkpoints.display()),
+    ]);
+    v.extend(seq.java_args(live));
     v
 }
 

@@ -215,27 +215,19 @@ fn job(
     live_start: u64,
     rest_port: u16,
 ) -> Result<Proc> {
-    let mut args: Vec<String> = [
-        ("--sink", cfg.sink.job_arg().to_string()),
-        ("--bootstrap", bootstrap.to_string()),
-        ("--topic", TOPIC.to_string()),
-        ("--deployment", deployment.to_string()),
-        ("--parallelism", parallelism.to_string()),
-        ("--rest-port", rest_port.to_string()),
-        (
-            "--checkpoint-dir",
-            format!(
-                "file://{}",
-                cfg.work_dir
-                    .join(format!("{deployment}-checkpoints"))
-                    .display()
-            ),
-        ),
-    ]
-    .into_iter()
-    .flat_map(|(k, v)| [k.to_string(), v])
-    .collect();
-    args.extend(cfg.sequence.java_args(live_start));
+    let mut args = flink::job_flags(
+        &cfg.work_dir,
+        deployment,
+        &cfg.sequence,
+        live_start,
+        &[
+            ("--sink", cfg.sink.job_arg().to_string()),
+            ("--bootstrap", bootstrap.to_string()),
+            ("--topic", TOPIC.to_string()),
+            ("--parallelism", parallelism.to_string()),
+            ("--rest-port", rest_port.to_string()),
+        ],
+    );
     if cfg.kill_blue_sidecar.is_some() {
         // Spare slots: a failed KafkaWriter may take a while to close, and the restarted job
         // should not wait for its slots.
