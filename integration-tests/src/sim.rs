@@ -2600,6 +2600,27 @@ impl<'a> Sim<'a> {
 
     /// The client's loop: send a frame of records if the gate reads, a watermark when due, the
     /// end-of-input signal when done; then sleep until there is something to do.
+    /// The channel's next record from its source, if its source is open and the record has
+    /// been produced by now.
+    fn take_next(&mut self, c: usize, open: bool) -> Option<Rec> {
+        let ch = &self.chans[c];
+        if !open || ch.next >= ch.records.len() {
+            return None;
+        }
+        let id = ch.records[ch.next];
+        if self.avail(ch.dep, id) > self.now {
+            return None;
+        }
+        let r = Rec {
+            id,
+            ts: self.inputs[id as usize].ts,
+            seq: ch.next as u32,
+            future: false,
+        };
+        self.chans[c].next += 1;
+        Some(r)
+    }
+
     fn chan_wake(&mut self, c: usize) -> Result<(), String> {
         let now = self.now;
         let (g, slot, dep) = (self.chans[c].gate, self.chans[c].slot, self.chans[c].dep);
@@ -2632,46 +2653,24 @@ impl<'a> Sim<'a> {
                         None => break,
                     }
                 }
-                let ch = &self.chans[c];
-                if !open || ch.next >= ch.records.len() {
-                    break;
+                match self.take_next(c, open) {
+                    Some(r) => batch.push(r),
+                    None => break,
                 }
-                let id = ch.records[ch.next];
-                if self.avail(dep, id) > now {
-                    break;
-                }
-                batch.push(Rec {
-                    id,
-                    ts: self.inputs[id as usize].ts,
-                    seq: ch.next as u32,
-                    future: false,
-                });
-                self.chans[c].next += 1;
             }
         }
         if self.cfg.rest_drain && !self.gates[g].queues[slot].is_full() {
             // The writer is handed the next records; its producer sends them next time.
             while self.chans[c].buffered.len() < self.sc.batch {
-                let ch = &self.chans[c];
-                if !open || ch.next >= ch.records.len() {
+                let Some(r) = self.take_next(c, open) else {
                     break;
-                }
-                let id = ch.records[ch.next];
-                if self.avail(dep, id) > now {
-                    break;
-                }
-                let ts = self.inputs[id as usize].ts;
+                };
+                let outlier = self.inputs[r.id as usize].outlier;
                 let ch = &mut self.chans[c];
-                ch.buffered.push_back(Rec {
-                    id,
-                    ts,
-                    seq: ch.next as u32,
-                    future: false,
-                });
-                if !self.inputs[id as usize].outlier {
-                    ch.max_ts_taken = ch.max_ts_taken.max(Some(ts));
+                ch.buffered.push_back(r);
+                if !outlier {
+                    ch.max_ts_taken = ch.max_ts_taken.max(Some(r.ts));
                 }
-                ch.next += 1;
             }
         }
         if !batch.is_empty() {
