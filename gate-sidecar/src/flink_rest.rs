@@ -5,7 +5,8 @@
 //! details), then the latest completed checkpoint's trigger time and the latest restore.
 //! [`FlushedWatermark`] turns the polls into a watermark below which every record of the job is
 //! decided and delivered, and it is published to the front's channels. Sinks are the job
-//! graph's vertices no other vertex reads from.
+//! graph's vertices no other vertex reads from, as the previous poll's job details listed them
+//! (a poll whose details list others is not an observation).
 //!
 //! Flink serves watermarks from its metric fetcher, refreshed every
 //! `metrics.fetcher.update-interval` (10 s by default): the confirmed watermark trails by that
@@ -237,6 +238,7 @@ pub async fn watch(
     let age = u64::try_from(settings.max_metric_age.as_millis()).unwrap_or(u64::MAX);
     let mut flushed = FlushedWatermark::new(age);
     let mut job: Option<String> = None;
+    let mut sinks = None;
     let mut last_error: Option<String> = None;
     let mut ticks = tokio::time::interval(settings.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -245,7 +247,7 @@ pub async fn watch(
             () = stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let found = poll(&settings, job.as_deref()).await;
+        let found = poll(&settings, job.as_deref(), &mut sinks).await;
         let found = match found {
             Ok(f) => {
                 if last_error.take().is_some() {
@@ -296,7 +298,29 @@ pub async fn watch(
     }
 }
 
-async fn poll(s: &RestSettings, following: Option<&str>) -> Result<Found, PollError> {
+/// A job's sink vertices (no other vertex reads from them), with their parallelism.
+type Sinks = Vec<(String, u32)>;
+
+fn sink_vertices(details: &JobDetails) -> Sinks {
+    let read_from: std::collections::BTreeSet<&str> = details
+        .plan
+        .nodes
+        .iter()
+        .flat_map(|n| n.inputs.iter().map(|i| i.id.as_str()))
+        .collect();
+    details
+        .vertices
+        .iter()
+        .filter(|v| !read_from.contains(v.id.as_str()))
+        .map(|v| (v.id.clone(), v.parallelism))
+        .collect()
+}
+
+async fn poll(
+    s: &RestSettings,
+    following: Option<&str>,
+    sinks: &mut Option<(String, Sinks)>,
+) -> Result<Found, PollError> {
     let overview: Overview = get(&s.address, "/jobs/overview").await?;
     let named = |j: &&JobSummary| s.job_name.as_deref().is_none_or(|n| j.name == n);
     let live: Vec<&JobSummary> = overview
@@ -322,24 +346,17 @@ async fn poll(s: &RestSettings, following: Option<&str>) -> Result<Found, PollEr
             return Err(PollError::SeveralJobs(names.join(", ")));
         }
     };
-    let details: JobDetails = get(&s.address, &format!("/jobs/{id}")).await?;
-    let read_from: std::collections::BTreeSet<&str> = details
-        .plan
-        .nodes
-        .iter()
-        .flat_map(|n| n.inputs.iter().map(|i| i.id.as_str()))
-        .collect();
+    // The sinks the last poll found for this job; the job's details are read once per poll,
+    // after the watermarks (their `now` must follow them), and say whether the sinks changed.
+    let read_sinks = match sinks.as_ref() {
+        Some((job, v)) if *job == id => v.clone(),
+        _ => sink_vertices(&get(&s.address, &format!("/jobs/{id}")).await?),
+    };
     let mut sink_watermark: Option<EventTime> = Some(EventTime::MAX);
-    let mut sinks = 0;
-    for v in details
-        .vertices
-        .iter()
-        .filter(|v| !read_from.contains(v.id.as_str()))
-    {
-        sinks += 1;
+    for (vertex, parallelism) in &read_sinks {
         let metrics: Vec<Metric> = get(
             &s.address,
-            &format!("/jobs/{id}/vertices/{}/watermarks", v.id),
+            &format!("/jobs/{id}/vertices/{vertex}/watermarks"),
         )
         .await?;
         let values: Vec<EventTime> = metrics
@@ -350,17 +367,20 @@ async fn poll(s: &RestSettings, following: Option<&str>) -> Result<Found, PollEr
         // A subtask without a watermark yet (Long.MIN_VALUE, or no metric) holds it unknown.
         let min = values.iter().copied().min();
         sink_watermark = match (sink_watermark, min) {
-            (Some(a), Some(b)) if values.len() as u32 >= v.parallelism && b > EventTime::MIN => {
+            (Some(a), Some(b)) if values.len() as u32 >= *parallelism && b > EventTime::MIN => {
                 Some(a.min(b))
             }
             _ => None,
         };
     }
-    if sinks == 0 {
-        sink_watermark = None;
-    }
     // After the watermark: a moment at which it held, on the JobManager's clock.
     let now: JobDetails = get(&s.address, &format!("/jobs/{id}")).await?;
+    let current = sink_vertices(&now);
+    if read_sinks.is_empty() || current != read_sinks {
+        // No sink, or the graph changed under the read: not an observation.
+        sink_watermark = None;
+    }
+    *sinks = Some((id.clone(), current));
     let checkpoints: Checkpoints = get(&s.address, &format!("/jobs/{id}/checkpoints")).await?;
     Ok(Found::Running(
         id,
