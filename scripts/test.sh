@@ -34,6 +34,10 @@ scripts/flink.sh >/dev/null
 step "the Java Kafka client (Maven)"
 scripts/kafka-java.sh >/dev/null
 
+# Apache Kafka itself (KRaft; jars from Maven Central), for TLS, SASL and transactions.
+step "Apache Kafka (Maven)"
+scripts/kafka-broker.sh >/dev/null
+
 step "format and lints"
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
 cargo fmt --all -- --check

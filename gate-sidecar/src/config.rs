@@ -140,6 +140,9 @@ pub struct Config {
 
     /// A librdkafka producer option `name=value` for the `kafka:` sink (repeatable; in the
     /// environment separate them with `;`). `acks` and `enable.idempotence` cannot be weakened.
+    /// The Kafka front reaches its upstream with the same security options
+    /// (`security.protocol`, `ssl.ca.location`, `ssl.certificate.location`, `ssl.key.location`,
+    /// `sasl.mechanism` PLAIN/SCRAM-SHA-256/SCRAM-SHA-512, `sasl.username`, `sasl.password`).
     #[arg(
         long = "kafka-option",
         env = "SLUICE_KAFKA_OPTIONS",
@@ -524,9 +527,15 @@ pub enum ConfigError {
     /// The Kafka options are unusable.
     #[error("invalid Kafka sink configuration")]
     Kafka(#[source] KafkaConfigError),
-    /// `--kafka-option` or `--kafka-options-file` given for a sink that is not Kafka.
-    #[error("Kafka options only apply to a `kafka:` sink, but --sink is `{0}`")]
+    /// `--kafka-option` or `--kafka-options-file` given with neither a Kafka sink nor a front.
+    #[error(
+        "Kafka options only apply to a `kafka:` sink or the Kafka front, but --sink is `{0}` \
+         and there is no --kafka-listen"
+    )]
     KafkaOptionsUnused(SinkSpec),
+    /// The Kafka front cannot reach the cluster as the options ask.
+    #[error("the Kafka front's upstream security options are unusable")]
+    FrontSecurity(#[source] crate::kafka_front::SecurityError),
 }
 
 impl Config {
@@ -588,6 +597,7 @@ impl Config {
             if self.kafka_bootstrap().is_empty() {
                 return Err(ConfigError::KafkaUpstreamMissing);
             }
+            self.front_security()?;
         }
         if self.flink_rest.is_some() {
             if self.kafka_listen.is_none() {
@@ -607,8 +617,9 @@ impl Config {
                     .client_config()
                     .map_err(ConfigError::Kafka)?;
             }
-            None if self.kafka_options.iter().any(|o| !o.trim().is_empty())
-                || self.kafka_options_file.is_some() =>
+            None if self.kafka_listen.is_none()
+                && (self.kafka_options.iter().any(|o| !o.trim().is_empty())
+                    || self.kafka_options_file.is_some()) =>
             {
                 return Err(ConfigError::KafkaOptionsUnused(self.sink));
             }
@@ -679,24 +690,32 @@ impl Config {
         let SinkSpec::Kafka(bootstrap) = &self.sink else {
             return None;
         };
+        Some(self.kafka_option_pairs().map(|options| KafkaSettings {
+            bootstrap: bootstrap.clone(),
+            options,
+        }))
+    }
+
+    /// The librdkafka options: `--kafka-options-file` first, then `--kafka-option`s.
+    pub fn kafka_option_pairs(&self) -> Result<Vec<(String, String)>, KafkaConfigError> {
         let from_file = match &self.kafka_options_file {
-            Some(path) => match read_options_file(path) {
-                Ok(options) => options,
-                Err(e) => return Some(Err(e)),
-            },
+            Some(path) => read_options_file(path)?,
             None => Vec::new(),
         };
-        Some(
-            self.kafka_options
-                .iter()
-                .filter(|o| !o.trim().is_empty())
-                .map(|o| parse_option(o))
-                .collect::<Result<Vec<_>, _>>()
-                .map(|options| KafkaSettings {
-                    bootstrap: bootstrap.clone(),
-                    options: from_file.into_iter().chain(options).collect(),
-                }),
-        )
+        let flags = self
+            .kafka_options
+            .iter()
+            .filter(|o| !o.trim().is_empty())
+            .map(|o| parse_option(o))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(from_file.into_iter().chain(flags).collect())
+    }
+
+    /// How the Kafka front reaches the cluster: the same security options as the Kafka sink
+    /// (`security.protocol`, `ssl.*` PEM files, `sasl.*`).
+    pub fn front_security(&self) -> Result<crate::kafka_front::Security, ConfigError> {
+        let options = self.kafka_option_pairs().map_err(ConfigError::Kafka)?;
+        crate::kafka_front::Security::from_options(&options).map_err(ConfigError::FrontSecurity)
     }
 
     /// The gate id: the configured one, or the default of [`Config::validated`].

@@ -350,8 +350,14 @@ pub async fn run_with_sink<S: Sink>(
         kafka,
     } = listeners;
     let health = health.map(|l| tokio::spawn(health::serve(l, gate.clone(), stop.clone())));
+    let front_security = match kafka {
+        Some(_) => config.front_security()?,
+        None => crate::kafka_front::Security::default(),
+    };
     let kafka = kafka.map(|l| {
+        tracing::info!(upstream = ?config.kafka_bootstrap(), security = %front_security.describe(), "Kafka front: reaching the cluster");
         let settings = crate::kafka_front::FrontSettings {
+            security: front_security,
             bootstrap: config.kafka_bootstrap(),
             event_time: config.event_time.clone(),
             max_frame: config.max_frame_bytes,

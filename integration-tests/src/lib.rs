@@ -5,6 +5,7 @@
 //!   them.
 //! - [`procs`]: starting the real `coordinator` and `gate-sidecar` binaries.
 //! - [`client`]: a native-frame client, doing what a Flink sink writer does.
+//! - [`apache_kafka`]: a real Apache Kafka broker (KRaft, Maven Central), with TLS and SASL.
 //! - [`kafka`]: a real tansu broker, topic creation and reading a topic back.
 //! - [`kafka_wire`]: a hand-driven Kafka wire-protocol client, for the Kafka front's fault tests.
 //! - [`flink`]: real Apache Flink jobs (the Java reference sink) cut over end to end.
@@ -14,6 +15,7 @@
 //!   `demo` binary and `tests/process.rs`.
 #![forbid(unsafe_code)]
 
+pub mod apache_kafka;
 pub mod client;
 pub mod flink;
 pub mod flink_front;

@@ -14,6 +14,7 @@
 //!   channels, batches rebuilt from the admitted records.
 //! - `sequences`: client sequences mapped to upstream sequences for idempotent producers.
 //! - `event_time`: a record's event time (`--event-time`).
+//! - `upstream`: connections to the real cluster (TLS, SASL), as the Kafka sink reaches it.
 //! - this module: the listeners and the per-connection loop.
 //!
 //! Each client connection is served one request at a time, in order: a request is decided,
@@ -33,6 +34,7 @@ mod event_time;
 mod frame;
 mod produce;
 mod sequences;
+mod upstream;
 mod versions;
 
 use std::collections::BTreeMap;
@@ -56,6 +58,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use event_time::EventTimeSource;
 use frame::{FrameError, Frames, Request};
+pub use upstream::{Security, SecurityError};
 use versions::Handling;
 
 use crate::gate::Gate;
@@ -80,6 +83,8 @@ pub struct FrontSettings {
     pub hold_limit: usize,
     /// Where the channels' watermarks come from.
     pub watermarks: FrontWatermarks,
+    /// How to reach the cluster (TLS, SASL).
+    pub security: Security,
 }
 
 /// Where the Kafka front's channels take their watermarks (Kafka carries none).
@@ -138,7 +143,7 @@ pub enum FrontError {
         address: String,
         /// Why.
         #[source]
-        source: std::io::Error,
+        source: upstream::ConnectError,
     },
     /// The upstream broker closed the connection or sent garbage.
     #[error("upstream connection failed")]
@@ -252,6 +257,7 @@ async fn accept(listener: TcpListener, target: Target, shared: Arc<Shared>) {
 }
 
 type Conn = Framed<TcpStream, Frames>;
+type Up = Option<upstream::Upstream>;
 
 async fn connection(stream: TcpStream, peer: SocketAddr, target: Target, shared: Arc<Shared>) {
     let number = shared.connections.fetch_add(1, Ordering::Relaxed);
@@ -280,7 +286,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, target: Target, shared:
 
 async fn serve_connection(
     client: &mut Conn,
-    upstream: &mut Option<Conn>,
+    upstream: &mut Up,
     channels: &mut BTreeMap<(String, i32), produce::PartitionChannel>,
     number: u64,
     target: Target,
@@ -333,7 +339,7 @@ async fn serve_connection(
 /// Forwards `request` unchanged and returns the upstream answer.
 async fn forward(
     request: &Request,
-    upstream: &mut Option<Conn>,
+    upstream: &mut Up,
     target: Target,
     shared: &Shared,
 ) -> Result<Bytes, FrontError> {
@@ -385,7 +391,7 @@ where
 
 async fn produce(
     request: &Request,
-    upstream: &mut Option<Conn>,
+    upstream: &mut Up,
     channels: &mut BTreeMap<(String, i32), produce::PartitionChannel>,
     number: u64,
     target: Target,
@@ -434,12 +440,16 @@ async fn produce(
     Ok(Some(frame::response(request, "Produce response", &answer)?))
 }
 
-/// The upstream connection of this client connection, opened on first use.
+/// The upstream connection of this client connection, opened on first use (and again when
+/// the broker's session limit is near: between requests, nothing is in flight).
 async fn connect<'a>(
-    upstream: &'a mut Option<Conn>,
+    upstream: &'a mut Up,
     target: Target,
     shared: &Shared,
-) -> Result<&'a mut Conn, FrontError> {
+) -> Result<&'a mut upstream::Upstream, FrontError> {
+    if upstream.as_ref().is_some_and(upstream::Upstream::expired) {
+        *upstream = None;
+    }
     if upstream.is_none() {
         let addresses = match target {
             Target::Bootstrap => shared.settings.bootstrap.clone(),
@@ -453,10 +463,9 @@ async fn connect<'a>(
         };
         let mut last = None;
         for address in addresses {
-            match TcpStream::connect(&address).await {
-                Ok(s) => {
-                    let _ = s.set_nodelay(true);
-                    *upstream = Some(Framed::new(s, Frames::new(usize::MAX >> 1)));
+            match upstream::connect(&address, &shared.settings.security).await {
+                Ok(up) => {
+                    *upstream = Some(up);
                     break;
                 }
                 Err(source) => last = Some(FrontError::Connect { address, source }),
@@ -470,13 +479,13 @@ async fn connect<'a>(
 }
 
 async fn send_only(
-    upstream: &mut Option<Conn>,
+    upstream: &mut Up,
     target: Target,
     shared: &Shared,
     frame: Bytes,
 ) -> Result<(), FrontError> {
     let up = connect(upstream, target, shared).await?;
-    up.send(frame).await.map_err(|e| {
+    up.frames.send(frame).await.map_err(|e| {
         *upstream = None;
         FrontError::Upstream(e)
     })
@@ -484,7 +493,7 @@ async fn send_only(
 
 /// Sends one request upstream and waits for its response.
 async fn exchange(
-    upstream: &mut Option<Conn>,
+    upstream: &mut Up,
     target: Target,
     shared: &Shared,
     frame: Bytes,
@@ -492,7 +501,7 @@ async fn exchange(
 ) -> Result<Bytes, FrontError> {
     send_only(upstream, target, shared, frame).await?;
     let up = upstream.as_mut().expect("sent on it");
-    match tokio::time::timeout(timeout, up.next()).await {
+    match tokio::time::timeout(timeout, up.frames.next()).await {
         Err(_) => {
             *upstream = None;
             Err(FrontError::Timeout(timeout))
