@@ -68,17 +68,23 @@ pub(crate) fn pipeline_status(
     }
 }
 
-/// Whether a gate of the active deployment reports a derived watermark (see the proto).
+/// Whether a gate of the deployment a drain is (or would be) about — the active one, or the one
+/// the last cutover retired — reports a derived watermark, or records below a confirmed one
+/// (see the proto).
 fn drain_approximate(p: &Pipeline, reported: &BTreeMap<String, v1::GateProgress>) -> bool {
     let r = p.record();
-    let Some(active) = r.active.as_deref() else {
-        return false;
-    };
+    let drained = [
+        r.active.as_deref(),
+        r.retired.as_ref().map(|x| x.deployment.as_str()),
+    ];
     r.gates.iter().any(|(gate, deployment)| {
-        deployment == active
-            && reported
-                .get(gate)
-                .is_some_and(|g| g.watermark_source() == v1::WatermarkSource::Derived)
+        drained.contains(&Some(deployment.as_str()))
+            && reported.get(gate).is_some_and(|g| {
+                g.watermark_source() == v1::WatermarkSource::Derived
+                    || g.counters
+                        .as_ref()
+                        .is_some_and(|c| c.below_confirmed_watermark > 0)
+            })
     })
 }
 
@@ -189,6 +195,21 @@ mod tests {
         );
         let blue_derived = BTreeMap::from([("b1".to_string(), from(v1::WatermarkSource::Derived))]);
         assert!(pipeline_status(&p, &blue_derived).drain_approximate);
+        let unflushed = |n: u64| v1::GateProgress {
+            counters: Some(v1::GateCounters {
+                below_confirmed_watermark: n,
+                ..Default::default()
+            }),
+            ..from(v1::WatermarkSource::FlinkRest)
+        };
+        for (n, approximate) in [(0, false), (1, true)] {
+            let blue = BTreeMap::from([("b1".to_string(), unflushed(n))]);
+            assert_eq!(
+                pipeline_status(&p, &blue).drain_approximate,
+                approximate,
+                "{n} records below the confirmed watermark"
+            );
+        }
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub(crate) struct Counters {
     pub future_max: Option<i64>,
     /// Records refused by the Kafka front for want of a usable event time.
     pub no_event_time: u64,
+    /// Records the Kafka front received below a checkpoint-confirmed sink watermark.
+    pub below_confirmed: u64,
 }
 
 /// What happens to a decided record.
@@ -89,6 +91,7 @@ impl Counters {
             dropped_future: self.dropped_future,
             future_max_ms: self.future_max,
             refused_no_event_time: self.no_event_time,
+            below_confirmed_watermark: self.below_confirmed,
         }
     }
 }

@@ -43,6 +43,13 @@ pub(crate) fn render(gate: &Gate) -> String {
         "Late records admitted by the admit-after-drain policy and acknowledged",
         ConstCounter::new(counters.late_admitted),
     );
+    registry.register(
+        "records_below_confirmed_watermark",
+        "Records the Kafka front received below a checkpoint-confirmed sink watermark \
+         (--flink-rest): the job's sink did not flush at the checkpoint (DeliveryGuarantee.NONE) \
+         or it emits records behind its watermarks; the REST drain is not exact for it",
+        ConstCounter::new(counters.below_confirmed_watermark),
+    );
     // A fresh registry per scrape: the family's counters start at 0 and take the totals.
     let dropped = Family::<DropLabels, Counter>::default();
     for (reason, n) in [

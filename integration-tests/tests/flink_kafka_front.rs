@@ -77,6 +77,17 @@ async fn flink_sql_kafka_table_cuts_over_with_the_exact_rest_drain() {
 /// connections and the front its sequence mapping, the KafkaSink fails and Flink restores its
 /// last checkpoint. The topic may then hold a second copy only of records blue's first attempt
 /// wrote after that checkpoint (what at-least-once predicts), nothing else, none lost.
+/// `DeliveryGuarantee.NONE` never flushes at a checkpoint: with records lingering 3 s in its
+/// producer, they reach the front after a checkpoint confirmed a watermark above them. The
+/// sidecar counts them and GetPipeline says the drain is approximate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_sink_that_does_not_flush_is_detected_and_the_drain_called_approximate() {
+    scenario_with(SinkKind::DataStream, DrainKind::FlinkRest, |cfg| {
+        cfg.blue_unflushed = Some(Duration::from_secs(3));
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flink_kafka_sink_survives_a_sidecar_kill_with_only_the_predicted_duplicates() {
     scenario_with(SinkKind::DataStream, DrainKind::FlinkRest, |cfg| {

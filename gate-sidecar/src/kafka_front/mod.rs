@@ -110,6 +110,15 @@ impl FrontWatermarks {
         }
     }
 
+    /// The checkpoint-confirmed watermark, for `Flushed` only: no non-late record of the job
+    /// below it is still to come from a flushing sink.
+    pub fn confirmed(&self) -> Option<sluice_core::EventTime> {
+        match self {
+            Self::Derived { .. } => None,
+            Self::Flushed(rx) => *rx.borrow(),
+        }
+    }
+
     /// What the gate reports as its watermark source.
     pub fn source(&self) -> sluice_proto::v1::WatermarkSource {
         match self {

@@ -255,6 +255,7 @@ impl Policy<'_> {
                         self.gate.lock().counters.no_event_time += u64::from(count as u32);
                         Refusal::new(ResponseError::InvalidRecord, e.to_string())
                     })?;
+                self.check_flushed(topic, index, &times);
                 let (admitted, late) = self.gate_records(topic, index, &times, deadline).await?;
                 if idempotent {
                     self.sequences
@@ -271,6 +272,41 @@ impl Policy<'_> {
         let dropped = admitted.len() < set.records.len();
         let batch = rebuild(&set, &admitted, up_base)?;
         Ok((Some((batch, dropped)), admitted.len() as u64, late))
+    }
+
+    /// A flushing sink (AT_LEAST_ONCE, EXACTLY_ONCE) has sent every non-late record below a
+    /// checkpoint-confirmed watermark before that checkpoint completed, so one arriving now
+    /// means a sink that does not flush (DeliveryGuarantee.NONE) or a job emitting records
+    /// behind its watermarks: counted, and warned at the 1st, 10th, 100th... such record.
+    fn check_flushed(&self, topic: &str, index: i32, times: &[EventTime]) {
+        let Some(confirmed) = self.watermarks.confirmed() else {
+            return;
+        };
+        let below = times.iter().filter(|&&t| t < confirmed).count() as u64;
+        if below == 0 {
+            return;
+        }
+        let before = {
+            let mut state = self.gate.lock();
+            let before = state.counters.below_confirmed;
+            state.counters.below_confirmed += below;
+            before
+        };
+        let after = before + below;
+        if (0..=19).any(|k| before < 10u64.pow(k) && after >= 10u64.pow(k)) {
+            let oldest = times.iter().min().copied().unwrap_or(confirmed);
+            tracing::warn!(
+                topic,
+                partition = index,
+                records = after,
+                event_time = oldest,
+                confirmed_watermark = confirmed,
+                "Kafka front: records arrived below the job's sink watermark after a checkpoint \
+                 had confirmed it; the job's Kafka sink does not flush at checkpoints \
+                 (DeliveryGuarantee.NONE: use AT_LEAST_ONCE or EXACTLY_ONCE) or the job emits \
+                 records behind its watermarks, and the REST drain is not exact for it"
+            );
+        }
     }
 
     /// Passes the records through the partition's channel; returns the admitted indices (in

@@ -23,8 +23,11 @@ import org.apache.kafka.common.header.internals.RecordHeader;
  * java -cp CLASSES:LIB/*:FLINK_LIB/* dev.sluice.flink.job.KafkaCutoverJob --sink MODE
  *     --bootstrap HOST:PORT --topic T --deployment D --parallelism N --records N --rate R
  *     --live-start-ms MS [--rest-port PORT] [--checkpoint-dir URI]
+ *     [--guarantee at-least-once|none] [--linger-ms MS]
  *
- * MODE  datastream      KafkaSink (AT_LEAST_ONCE); the record timestamp is the element's
+ * MODE  datastream      KafkaSink (AT_LEAST_ONCE, or NONE with --guarantee none: it does not
+ *                       flush at checkpoints; --linger-ms keeps records in the producer that
+ *                       long, as a busy producer would); the record timestamp is the element's
  *                       timestamp (its event time), as the KafkaSink sets it by default
  *       sql-timestamp   INSERT INTO a 'connector' = 'kafka' table whose writable `timestamp`
  *                       metadata column is set from the event time (sidecar: record-timestamp)
@@ -49,11 +52,20 @@ public final class KafkaCutoverJob {
 
         switch (mode) {
             case "datastream" -> {
-                KafkaSink<Event> sink = KafkaSink.<Event>builder()
+                DeliveryGuarantee guarantee = switch (a.getOrDefault("guarantee", "at-least-once")) {
+                    case "at-least-once" -> DeliveryGuarantee.AT_LEAST_ONCE;
+                    case "none" -> DeliveryGuarantee.NONE;
+                    default -> throw new IllegalArgumentException("--guarantee at-least-once|none");
+                };
+                var builder = KafkaSink.<Event>builder()
                         .setBootstrapServers(bootstrap)
-                        .setDeliveryGuarantee(DeliveryGuarantee.AT_LEAST_ONCE)
-                        .setRecordSerializer(new Serializer(topic, deployment))
-                        .build();
+                        .setDeliveryGuarantee(guarantee)
+                        .setRecordSerializer(new Serializer(topic, deployment));
+                if (a.containsKey("linger-ms")) {
+                    builder.setProperty("linger.ms", a.get("linger-ms"));
+                    builder.setProperty("batch.size", Integer.toString(4 << 20));
+                }
+                KafkaSink<Event> sink = builder.build();
                 events.sinkTo(sink).uid("kafka-sink").name("kafka-sink");
                 CutoverJob.execute(env, a, "sluice-kafka-" + deployment);
             }
