@@ -151,7 +151,7 @@ impl Consumed {
 
 /// Reads every partition of `topic` from the beginning (blocking) until `expected` records
 /// arrived and then `quiet` passed without another one (so extra copies would show), or fails
-/// after `within`.
+/// after `within`. Reads `read_committed` (librdkafka's default).
 pub fn read_topic(
     bootstrap: &str,
     topic: &str,
@@ -160,10 +160,32 @@ pub fn read_topic(
     quiet: Duration,
     within: Duration,
 ) -> Result<Vec<Consumed>> {
+    read_topic_isolated(
+        bootstrap,
+        topic,
+        partitions,
+        expected,
+        quiet,
+        within,
+        "read_committed",
+    )
+}
+
+/// [`read_topic`] at `isolation` (`read_committed` or `read_uncommitted`).
+pub fn read_topic_isolated(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+    quiet: Duration,
+    within: Duration,
+    isolation: &str,
+) -> Result<Vec<Consumed>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "sluice-reader")
         .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation)
         .create()
         .context("consumer")?;
     let mut tpl = TopicPartitionList::new();

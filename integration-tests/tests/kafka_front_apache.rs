@@ -294,6 +294,126 @@ async fn wrong_password(dir: &Path) -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_pass_through_the_front_and_read_committed_sees_only_commits() {
+    let dir = tempdir().unwrap();
+    if let Err(e) = transactions(dir.path()).await {
+        let _ = dir.keep();
+        panic!("{e:#}");
+    }
+}
+
+/// A transactional librdkafka producer (InitProducerId with a transactional id,
+/// AddPartitionsToTxn, Produce inside transactions, EndTxn) through the front: 10 transactions
+/// of 400 records, every third aborted. read_committed must see each committed record once and
+/// no aborted one; read_uncommitted sees both.
+async fn transactions(dir: &Path) -> Result<()> {
+    use rdkafka::producer::BaseProducer;
+    let broker = ApacheKafka::start(dir, false)?;
+    kafka::create_topic(&broker.bootstrap, "orders", PARTITIONS).await?;
+    let coordinator = coordinator(dir).await?;
+    let (mut sidecar, bootstrap) =
+        front(dir, coordinator.port, "front", &broker.bootstrap, "").await?;
+    let (committed, aborted) = tokio::task::spawn_blocking(move || -> Result<(u64, u64)> {
+        let p: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("transactional.id", "orders-writer-0")
+            .set("linger.ms", "5")
+            .set("partitioner", "murmur2_random")
+            .create()
+            .context("transactional producer")?;
+        let t = Duration::from_secs(30);
+        p.init_transactions(t)
+            .context("InitProducerId through the front")?;
+        let (mut committed, mut aborted) = (0, 0);
+        for txn in 0..10u64 {
+            p.begin_transaction()?;
+            let fate = if txn % 3 == 2 { "abort" } else { "commit" };
+            for j in 0..400u64 {
+                let i = txn * 400 + j;
+                let key = format!("k{}", i % 20);
+                let value = format!("record-{i}");
+                let seq = i.to_string();
+                let headers = OwnedHeaders::new()
+                    .insert(Header {
+                        key: "seq",
+                        value: Some(seq.as_bytes()),
+                    })
+                    .insert(Header {
+                        key: "fate",
+                        value: Some(fate.as_bytes()),
+                    });
+                let record = rdkafka::producer::BaseRecord::to("orders")
+                    .key(&key)
+                    .payload(&value)
+                    .headers(headers)
+                    .timestamp(1_700_000_000_000 + i64::try_from(i)?);
+                p.send(record).map_err(|(e, _)| e)?;
+                p.poll(Duration::ZERO);
+            }
+            // Every record reaches the broker (inside the transaction) before its end.
+            p.flush(t).context("flush")?;
+            if fate == "abort" {
+                p.abort_transaction(t)
+                    .context("EndTxn(abort) through the front")?;
+                aborted += 400;
+            } else {
+                p.commit_transaction(t)
+                    .context("EndTxn(commit) through the front")?;
+                committed += 400;
+            }
+        }
+        Ok((committed, aborted))
+    })
+    .await??;
+    sidecar.check_alive()?;
+    let read = |isolation: &'static str, n: u64| {
+        kafka::read_topic_isolated(
+            &broker.bootstrap,
+            "orders",
+            PARTITIONS,
+            usize::try_from(n).unwrap_or(0),
+            Duration::from_secs(3),
+            Duration::from_secs(60),
+            isolation,
+        )
+    };
+    let visible = read("read_committed", committed)?;
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    for r in &visible {
+        let seq: u64 = std::str::from_utf8(r.header("seq").context("seq")?)?.parse()?;
+        ensure!(
+            r.header("fate") == Some(&b"commit"[..]),
+            "read_committed saw record {seq} of an aborted transaction"
+        );
+        *seen.entry(seq).or_default() += 1;
+    }
+    let duplicates = seen.values().filter(|&&c| c > 1).count();
+    let missing = (0..10u64 * 400)
+        .filter(|i| (i / 400) % 3 != 2 && !seen.contains_key(i))
+        .count();
+    let all = read("read_uncommitted", committed + aborted)?;
+    println!(
+        "read_committed: {} records ({duplicates} duplicated, {missing} missing, 0 aborted); \
+         read_uncommitted: {} records",
+        visible.len(),
+        all.len()
+    );
+    ensure!(duplicates == 0 && missing == 0, "read_committed not exact");
+    ensure!(
+        visible.len() as u64 == committed,
+        "read_committed read {} of {committed}",
+        visible.len()
+    );
+    ensure!(
+        all.len() as u64 == committed + aborted,
+        "read_uncommitted read {} of {}",
+        all.len(),
+        committed + aborted
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotent_producer_crosses_a_broker_restart_through_the_front_exactly_once() {
     let dir = tempdir().unwrap();
     if let Err(e) = broker_restart(dir.path()).await {
