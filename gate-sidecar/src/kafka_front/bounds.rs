@@ -5,7 +5,7 @@
 //! actually there (every element takes at least one byte) before the real decoder runs.
 
 use bytes::{Buf as _, Bytes};
-use kafka_protocol::compression::{Decompressor as _, Gzip, Lz4, Snappy, Zstd};
+use kafka_protocol::compression::{Decompressor as _, Snappy};
 use kafka_protocol::records::Compression;
 use thiserror::Error;
 
@@ -193,22 +193,84 @@ pub fn record_count(batch: &Bytes) -> Result<i32, OutOfBounds> {
     Ok(i32::from_be_bytes([c[0], c[1], c[2], c[3]]))
 }
 
-/// The decompressor to hand `RecordBatchDecoder::decode_with_custom_compression`: the library's
-/// own codecs, then every record of the decompressed bytes checked against `count` (records
-/// and headers that fit), so the decoder allocates only for what is there.
+/// The largest a batch may expand to when decompressed (a 1 MiB frame of gzip could otherwise
+/// claim a gigabyte).
+pub const MAX_DECOMPRESSED: usize = 64 << 20;
+/// The largest zstd window (log2) the front decodes with: the decoder's memory.
+const ZSTD_WINDOW_LOG_MAX: u32 = 25;
+/// The header of Kafka's (xerial) framed snappy.
+const SNAPPY_MAGIC: &[u8; 16] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01";
+
+/// The decompressor to hand `RecordBatchDecoder::decode_with_custom_compression`: each codec
+/// read through [`MAX_DECOMPRESSED`], then every record of the decompressed bytes checked
+/// against `count` (records and headers that fit), so the decoder allocates only for what is
+/// there.
 pub fn decompress(count: i32) -> impl Fn(&mut Bytes, Compression) -> anyhow::Result<Bytes> {
     move |buf: &mut Bytes, compression| {
-        let copy = |b: &mut Bytes| Ok(b.clone());
+        let input = buf.copy_to_bytes(buf.remaining());
         let out: Bytes = match compression {
-            Compression::None => buf.copy_to_bytes(buf.remaining()),
-            Compression::Gzip => Gzip::decompress(buf, copy)?,
-            Compression::Snappy => Snappy::decompress(buf, copy)?,
-            Compression::Lz4 => Lz4::decompress(buf, copy)?,
-            Compression::Zstd => Zstd::decompress(buf, copy)?,
+            Compression::None => input,
+            Compression::Gzip => bounded(flate2::read::MultiGzDecoder::new(input.reader()))?,
+            Compression::Lz4 => bounded(lz4::Decoder::new(input.reader())?)?,
+            Compression::Zstd => {
+                let mut d = zstd::stream::read::Decoder::new(input.reader())?;
+                d.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
+                bounded(d)?
+            }
+            Compression::Snappy => {
+                // The library's decoder allocates what each block claims: sum the claims first.
+                snappy_len(&input)?;
+                Snappy::decompress(&mut input.clone(), |b: &mut Bytes| Ok(b.clone()))?
+            }
         };
         records(&out, count)?;
         Ok(out)
     }
+}
+
+/// Reads a decompressing stream to its end, or fails past [`MAX_DECOMPRESSED`].
+fn bounded(reader: impl std::io::Read) -> anyhow::Result<Bytes> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    reader
+        .take(MAX_DECOMPRESSED as u64 + 1)
+        .read_to_end(&mut out)?;
+    if out.len() > MAX_DECOMPRESSED {
+        return Err(OutOfBounds("batch expands beyond 64 MiB").into());
+    }
+    Ok(out.into())
+}
+
+/// The decompressed size snappy bytes claim (framed or raw, as Kafka's clients write them),
+/// checked against [`MAX_DECOMPRESSED`] block by block.
+fn snappy_len(input: &[u8]) -> Result<usize, OutOfBounds> {
+    let claim =
+        |b: &[u8]| snap::raw::decompress_len(b).map_err(|_| OutOfBounds("snappy block length"));
+    let too_big = OutOfBounds("batch expands beyond 64 MiB");
+    let Some(mut rest) = input.strip_prefix(&SNAPPY_MAGIC[..]) else {
+        let n = claim(input)?;
+        return if n > MAX_DECOMPRESSED {
+            Err(too_big)
+        } else {
+            Ok(n)
+        };
+    };
+    let mut total = 0usize;
+    while !rest.is_empty() {
+        let (len, tail) = rest
+            .split_first_chunk::<4>()
+            .ok_or(OutOfBounds("snappy block length"))?;
+        let len = u32::from_be_bytes(*len) as usize;
+        if len > tail.len() {
+            return Err(OutOfBounds("snappy block"));
+        }
+        total = total.saturating_add(claim(&tail[..len])?);
+        if total > MAX_DECOMPRESSED {
+            return Err(too_big);
+        }
+        rest = &tail[len..];
+    }
+    Ok(total)
 }
 
 /// Checks `count` records of a batch's (decompressed) record bytes.
@@ -297,5 +359,70 @@ mod tests {
             Err(OutOfBounds("record count"))
         );
         assert_eq!(records(&buf, -1), Err(OutOfBounds("negative record count")));
+    }
+
+    /// Zeros compress to almost nothing: 65 MiB of them in each codec must be refused at the
+    /// limit, not expanded; a small batch in each codec still decodes to its bytes.
+    #[test]
+    fn decompression_stops_at_the_limit_in_every_codec() {
+        use kafka_protocol::compression::{Gzip, Lz4, Snappy, Zstd};
+        fn pack<C>(raw: &[u8]) -> Bytes
+        where
+            C: kafka_protocol::compression::Compressor<BytesMut>,
+            C::BufMut: bytes::BufMut,
+        {
+            use bytes::BufMut as _;
+            let mut out = BytesMut::new();
+            C::compress(&mut out, |b| {
+                b.put_slice(raw);
+                Ok(())
+            })
+            .unwrap();
+            out.freeze()
+        }
+        let bomb = vec![0u8; MAX_DECOMPRESSED + (1 << 20)];
+        let fine = vec![7u8; 4096];
+        for (name, compression, packed_bomb, packed_fine) in [
+            (
+                "gzip",
+                Compression::Gzip,
+                pack::<Gzip>(&bomb),
+                pack::<Gzip>(&fine),
+            ),
+            (
+                "lz4",
+                Compression::Lz4,
+                pack::<Lz4>(&bomb),
+                pack::<Lz4>(&fine),
+            ),
+            (
+                "zstd",
+                Compression::Zstd,
+                pack::<Zstd>(&bomb),
+                pack::<Zstd>(&fine),
+            ),
+            (
+                "snappy",
+                Compression::Snappy,
+                pack::<Snappy>(&bomb),
+                pack::<Snappy>(&fine),
+            ),
+        ] {
+            assert!(
+                packed_bomb.len() < 4 << 20,
+                "{name}: {} bytes",
+                packed_bomb.len()
+            );
+            let err = decompress(0)(&mut packed_bomb.clone(), compression)
+                .expect_err(name)
+                .to_string();
+            assert!(err.contains("64 MiB"), "{name}: {err}");
+            // Zero records claimed: only the decompression itself is under test here.
+            let out = decompress(0)(&mut packed_fine.clone(), compression).expect(name);
+            assert_eq!(&out[..], &fine[..], "{name}");
+        }
+        // A raw snappy block claiming 4 GiB in five bytes.
+        let claim = [0x80, 0x80, 0x80, 0x80, 0x10];
+        assert!(snappy_len(&claim).is_err());
     }
 }
