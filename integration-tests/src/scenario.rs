@@ -84,6 +84,9 @@ pub struct KafkaOutput {
     pub topic: String,
     /// Its partition count.
     pub partitions: i32,
+    /// Where the sidecars write instead of `bootstrap` (which the test reads back from), and
+    /// the librdkafka options they write with (say a `SASL_SSL` listener and its login).
+    pub write_via: Option<(String, Vec<String>)>,
 }
 
 /// Every this many records, one names its partition explicitly (Kafka mode).
@@ -340,14 +343,24 @@ fn sidecar(
     let output = dir.join(format!("{deployment}.jsonl"));
     let sink: Vec<String> = match kafka {
         None => vec!["--sink".into(), format!("file:{}", output.display())],
-        Some(k) => [
-            "--sink",
-            &format!("kafka:{}", k.bootstrap),
-            "--default-topic",
-            &k.topic,
-        ]
-        .map(String::from)
-        .to_vec(),
+        Some(k) => {
+            let (bootstrap, options) = k
+                .write_via
+                .clone()
+                .unwrap_or_else(|| (k.bootstrap.clone(), Vec::new()));
+            let mut args: Vec<String> = [
+                "--sink",
+                &format!("kafka:{bootstrap}"),
+                "--default-topic",
+                &k.topic,
+            ]
+            .map(String::from)
+            .to_vec();
+            for o in options {
+                args.extend(["--kafka-option".into(), o]);
+            }
+            args
+        }
     };
     let log = log_to.map_or_else(|| dir.join(format!("{deployment}.log")), Path::to_path_buf);
     let (proc, socket) = harness::start_sidecar_logging_to(

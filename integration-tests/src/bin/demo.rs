@@ -84,6 +84,7 @@ fn main() -> ExitCode {
             args.kafka_partitions
         );
         cfg.kafka = Some(scenario::KafkaOutput {
+            write_via: None,
             bootstrap: bootstrap.clone(),
             topic,
             partitions: args.kafka_partitions,
