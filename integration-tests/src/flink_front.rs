@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail, ensure};
 use sluice_proto::v1::{Phase, PipelineStatus, StartCutoverRequest, When};
 
+use crate::apache_kafka::ApacheKafka;
 use crate::flink::{self, Flink, Sequence};
 use crate::harness::{self, Barrier, Coordinator, cutover_client, now_ms};
 use crate::kafka::{self, Broker, OrderCheck};
@@ -85,6 +86,9 @@ pub struct FrontConfig {
     /// Blue's DataStream sink with `DeliveryGuarantee.NONE` and records kept this long in its
     /// producer (`linger.ms`): a sink that does not flush at checkpoints.
     pub blue_unflushed: Option<Duration>,
+    /// Both jobs' DataStream sinks `DeliveryGuarantee.EXACTLY_ONCE`, into a real Apache Kafka
+    /// broker (tansu has no transactions), read back `read_committed`.
+    pub exactly_once: bool,
 }
 
 impl FrontConfig {
@@ -109,6 +113,7 @@ impl FrontConfig {
             green_delay: Duration::from_secs(8),
             kill_blue_sidecar: None,
             blue_unflushed: None,
+            exactly_once: false,
         }
     }
 }
@@ -232,6 +237,9 @@ fn job(
             ("--rest-port", rest_port.to_string()),
         ],
     );
+    if cfg.exactly_once {
+        args.extend(["--guarantee".into(), "exactly-once".into()]);
+    }
     if let (Some(linger), BLUE) = (cfg.blue_unflushed, deployment) {
         args.extend([
             "--guarantee".into(),
@@ -253,13 +261,43 @@ fn job(
     )
 }
 
+/// The broker of a scenario, kept alive while it runs.
+enum AnyBroker {
+    Tansu(Broker),
+    Apache(ApacheKafka),
+}
+
+/// A running broker and its plaintext bootstrap address.
+struct Running {
+    _broker: AnyBroker,
+    bootstrap: String,
+}
+
+impl AnyBroker {
+    fn address(self) -> Running {
+        let bootstrap = match &self {
+            Self::Tansu(b) => b.bootstrap.clone(),
+            Self::Apache(b) => b.bootstrap.clone(),
+        };
+        Running {
+            _broker: self,
+            bootstrap,
+        }
+    }
+}
+
 /// Runs the scenario and counts the topic.
 pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
     let started = Instant::now();
     let dir = cfg.work_dir.clone();
     std::fs::create_dir_all(dir.join("java-tmp"))?;
     std::fs::write(dir.join("log4j2.properties"), flink::LOG4J)?;
-    let broker = Broker::start(&dir)?;
+    let broker = if cfg.exactly_once {
+        AnyBroker::Apache(ApacheKafka::start(&dir, false)?)
+    } else {
+        AnyBroker::Tansu(Broker::start(&dir)?)
+    };
+    let broker = broker.address();
     kafka::create_topic(&broker.bootstrap, TOPIC, PARTITIONS).await?;
     let coordinator = Coordinator::start(
         &dir,

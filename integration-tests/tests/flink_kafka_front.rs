@@ -88,6 +88,22 @@ async fn a_kafka_sink_that_does_not_flush_is_detected_and_the_drain_called_appro
     .await;
 }
 
+/// Issue 11: both jobs' KafkaSinks EXACTLY_ONCE (writer transactions, the committer's EndTxn,
+/// the abort of lingering transactions at start, all through the fronts) into Apache Kafka,
+/// the REST drain; read_committed must read every record exactly once. Not passing yet: the
+/// run gets through the cutover, but blue's records of its first ~4.4 s (its first
+/// checkpoint's transactions) are in the topic neither committed nor uncommitted (4,517 of
+/// 45,000 missing, 0 duplicates); kept so the next session starts from the failure
+/// (`cargo test --test flink_kafka_front -- --ignored`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "issue 11, in progress: blue's first transactions never reach the broker"]
+async fn flink_exactly_once_kafka_sinks_cut_over_through_the_front_into_apache_kafka() {
+    scenario_with(SinkKind::DataStream, DrainKind::FlinkRest, |cfg| {
+        cfg.exactly_once = true;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flink_kafka_sink_survives_a_sidecar_kill_with_only_the_predicted_duplicates() {
     scenario_with(SinkKind::DataStream, DrainKind::FlinkRest, |cfg| {

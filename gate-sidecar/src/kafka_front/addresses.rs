@@ -88,9 +88,11 @@ impl NamesBrokers for MetadataResponse {
 }
 
 impl NamesBrokers for FindCoordinatorResponse {
-    /// The single node (v0–3) or every coordinator (v4+).
+    /// The single node (v0–3) or every coordinator (v4+). A v4+ answer decodes with the
+    /// top-level fields at their defaults (node 0, no host), which must stay so: v4+ cannot
+    /// encode them (found by Flink's EXACTLY_ONCE sink, kafka-clients 4.2).
     async fn rewrite(&mut self, map: &BrokerMap) -> std::io::Result<()> {
-        if self.error_code == 0 && self.node_id.0 >= 0 {
+        if self.error_code == 0 && self.node_id.0 >= 0 && !self.host.is_empty() {
             map.rewrite(self.node_id.0, &mut self.host, &mut self.port)
                 .await?;
         }
@@ -162,5 +164,40 @@ mod tests {
             map.upstream(2).await.as_deref(),
             Some("kafka-2b.internal:9092")
         );
+    }
+
+    /// A v4+ FindCoordinator answer (batched coordinators) still encodes at v4 and v5 after the
+    /// rewrite, its coordinator pointing at the front; a v3 one has its single node rewritten.
+    #[tokio::test]
+    async fn find_coordinator_answers_encode_at_their_version_after_the_rewrite() {
+        use kafka_protocol::messages::find_coordinator_response::Coordinator;
+        use kafka_protocol::protocol::{Decodable as _, Encodable as _};
+        let map = BrokerMap::new("127.0.0.1".parse().unwrap(), Arc::new(|_l, _n| {}));
+        for version in [4, 5] {
+            let r = FindCoordinatorResponse::default().with_coordinators(vec![
+                Coordinator::default()
+                    .with_key(StrBytes::from_static_str("sluice-orders-green-0-1"))
+                    .with_node_id(BrokerId(1))
+                    .with_host(StrBytes::from_static_str("kafka-1.internal"))
+                    .with_port(9092),
+            ]);
+            let mut wire = bytes::BytesMut::new();
+            r.encode(&mut wire, version).unwrap();
+            let mut decoded = FindCoordinatorResponse::decode(&mut wire.freeze(), version).unwrap();
+            decoded.rewrite(&map).await.unwrap();
+            let mut out = bytes::BytesMut::new();
+            decoded
+                .encode(&mut out, version)
+                .unwrap_or_else(|e| panic!("v{version}: {e}"));
+            assert_eq!(decoded.coordinators[0].host.as_str(), "127.0.0.1");
+        }
+        let mut v3 = FindCoordinatorResponse::default()
+            .with_node_id(BrokerId(1))
+            .with_host(StrBytes::from_static_str("kafka-1.internal"))
+            .with_port(9092);
+        v3.rewrite(&map).await.unwrap();
+        assert_eq!(v3.host.as_str(), "127.0.0.1");
+        let mut out = bytes::BytesMut::new();
+        v3.encode(&mut out, 3).unwrap();
     }
 }

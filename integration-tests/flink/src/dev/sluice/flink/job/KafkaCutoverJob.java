@@ -23,7 +23,7 @@ import org.apache.kafka.common.header.internals.RecordHeader;
  * java -cp CLASSES:LIB/*:FLINK_LIB/* dev.sluice.flink.job.KafkaCutoverJob --sink MODE
  *     --bootstrap HOST:PORT --topic T --deployment D --parallelism N --records N --rate R
  *     --live-start-ms MS [--rest-port PORT] [--checkpoint-dir URI]
- *     [--guarantee at-least-once|none] [--linger-ms MS]
+ *     [--guarantee at-least-once|none|exactly-once] [--linger-ms MS]
  *
  * MODE  datastream      KafkaSink (AT_LEAST_ONCE, or NONE with --guarantee none: it does not
  *                       flush at checkpoints; --linger-ms keeps records in the producer that
@@ -55,12 +55,19 @@ public final class KafkaCutoverJob {
                 DeliveryGuarantee guarantee = switch (a.getOrDefault("guarantee", "at-least-once")) {
                     case "at-least-once" -> DeliveryGuarantee.AT_LEAST_ONCE;
                     case "none" -> DeliveryGuarantee.NONE;
-                    default -> throw new IllegalArgumentException("--guarantee at-least-once|none");
+                    case "exactly-once" -> DeliveryGuarantee.EXACTLY_ONCE;
+                    default -> throw new IllegalArgumentException("--guarantee at-least-once|none|exactly-once");
                 };
                 var builder = KafkaSink.<Event>builder()
                         .setBootstrapServers(bootstrap)
                         .setDeliveryGuarantee(guarantee)
                         .setRecordSerializer(new Serializer(topic, deployment));
+                if (guarantee == DeliveryGuarantee.EXACTLY_ONCE) {
+                    // One prefix per deployment: blue's and green's transactions never fence
+                    // each other. Below the broker's transaction.max.timeout.ms (15 min).
+                    builder.setTransactionalIdPrefix("sluice-" + deployment);
+                    builder.setProperty("transaction.timeout.ms", "60000");
+                }
                 if (a.containsKey("linger-ms")) {
                     builder.setProperty("linger.ms", a.get("linger-ms"));
                     builder.setProperty("batch.size", Integer.toString(4 << 20));
