@@ -24,18 +24,7 @@ pub const PASSWORD: &str = "front-secret-7";
 
 /// The classpath of the broker, installed by `scripts/kafka-broker.sh` into the cache.
 pub fn classpath() -> Result<String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka-broker.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .output()
-        .with_context(|| format!("cannot run {}", script.display()))?;
-    if !out.status.success() {
-        bail!(
-            "installing Apache Kafka failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    crate::procs::install_script("kafka-broker.sh", "installing Apache Kafka")
 }
 
 /// The secured listener's address and what a client needs to trust it.
@@ -62,6 +51,11 @@ impl ApacheKafka {
     /// Formats a fresh log folder under `dir` and starts the broker; `secured` adds the
     /// `SASL_SSL` listener. Waits until it accepts connections.
     pub fn start(dir: &Path, secured: bool) -> Result<Self> {
+        Self::start_with(dir, secured, "")
+    }
+
+    /// [`ApacheKafka::start`] with more broker properties (`name=value` lines).
+    pub fn start_with(dir: &Path, secured: bool, more_properties: &str) -> Result<Self> {
         let classpath = classpath()?;
         let dir = dir.join("kafka");
         std::fs::create_dir_all(&dir)?;
@@ -113,7 +107,7 @@ impl ApacheKafka {
              transaction.state.log.min.isr=1\n\
              transaction.state.log.num.partitions=1\n\
              group.initial.rebalance.delay.ms=0\n\
-             {extra}",
+             {extra}{more_properties}\n",
             listeners = listeners.join(","),
             advertised = advertised.join(","),
             logs = dir.join("data").display(),

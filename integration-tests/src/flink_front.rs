@@ -267,21 +267,12 @@ enum AnyBroker {
     Apache(ApacheKafka),
 }
 
-/// A running broker and its plaintext bootstrap address.
-struct Running {
-    _broker: AnyBroker,
-    bootstrap: String,
-}
-
 impl AnyBroker {
-    fn address(self) -> Running {
-        let bootstrap = match &self {
-            Self::Tansu(b) => b.bootstrap.clone(),
-            Self::Apache(b) => b.bootstrap.clone(),
-        };
-        Running {
-            _broker: self,
-            bootstrap,
+    /// The plaintext bootstrap address.
+    fn bootstrap(&self) -> &str {
+        match self {
+            Self::Tansu(b) => &b.bootstrap,
+            Self::Apache(b) => &b.bootstrap,
         }
     }
 }
@@ -297,8 +288,7 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
     } else {
         AnyBroker::Tansu(Broker::start(&dir)?)
     };
-    let broker = broker.address();
-    kafka::create_topic(&broker.bootstrap, TOPIC, PARTITIONS).await?;
+    kafka::create_topic(broker.bootstrap(), TOPIC, PARTITIONS).await?;
     let coordinator = Coordinator::start(
         &dir,
         Barrier {
@@ -315,7 +305,7 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
         cfg,
         coordinator.port,
         BLUE,
-        &broker.bootstrap,
+        broker.bootstrap(),
         blue_rest,
         blue_port,
     )?;
@@ -323,7 +313,7 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
         cfg,
         coordinator.port,
         GREEN,
-        &broker.bootstrap,
+        broker.bootstrap(),
         green_rest,
         free_port()?,
     )?;
@@ -366,7 +356,7 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
             cfg,
             coordinator.port,
             BLUE,
-            &broker.bootstrap,
+            broker.bootstrap(),
             blue_rest,
             blue_port,
         )?;
@@ -447,7 +437,7 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
     }
 
     let records = tokio::task::spawn_blocking({
-        let bootstrap = broker.bootstrap.clone();
+        let bootstrap = broker.bootstrap().to_owned();
         let n = cfg.sequence.records as usize;
         move || {
             kafka::read_topic(

@@ -87,18 +87,7 @@ impl Broker {
 /// The classpath of the plain Java producer (`integration-tests/kafka-java/`, the official
 /// kafka-clients), built by `scripts/kafka-java.sh` into the install cache (Maven Central).
 pub fn java_client_classpath() -> Result<String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka-java.sh");
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .output()
-        .with_context(|| format!("cannot run {}", script.display()))?;
-    if !out.status.success() {
-        bail!(
-            "building the Java Kafka client failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    crate::procs::install_script("kafka-java.sh", "building the Java Kafka client")
 }
 
 /// Creates `topic` with `partitions` partitions through the Kafka admin API.

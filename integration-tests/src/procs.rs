@@ -201,3 +201,19 @@ pub fn wait_for_unix(path: &Path, within: Duration) -> Result<()> {
     }
     Ok(())
 }
+
+/// Runs `scripts/<name>` (an install script: cached, safe to run concurrently) and returns what
+/// it printed, trimmed (a path or classpath); `what` names the step in the error.
+pub fn install_script(name: &str, what: &str) -> Result<String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts")
+        .join(name);
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    if !out.status.success() {
+        bail!("{what} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}

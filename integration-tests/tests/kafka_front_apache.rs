@@ -1,8 +1,9 @@
 //! The Kafka front in front of a real Apache Kafka broker (KRaft, from Maven Central): the
 //! front logs in to a `SASL_SSL` listener with the sidecar's own credentials (PLAIN,
 //! SCRAM-SHA-256, SCRAM-SHA-512; the CA from `ssl.ca.location`, the password from
-//! `--kafka-options-file`), refuses a wrong password with a clear error, and carries an
-//! idempotent producer across the broker being killed and started again. An unmodified
+//! `--kafka-options-file`), renews a session the broker limits, refuses a wrong password with
+//! a clear error, passes transactions through (read_committed sees commits only), and carries
+//! an idempotent producer across the broker being killed and started again. An unmodified
 //! librdkafka producer writes plaintext to the front on loopback; a consumer reads the topic
 //! back from the broker's own listener and every record is checked one by one.
 
@@ -240,6 +241,47 @@ async fn sasl_ssl(dir: &Path) -> Result<()> {
             "{mechanism}: the password is in the log"
         );
     }
+    Ok(())
+}
+
+/// The broker ends SASL sessions after 8 s (`connections.max.reauth.ms`); the front renews its
+/// session between requests before that, so 12 s of paced records go through without one
+/// upstream connection failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_front_renews_a_sasl_session_before_the_broker_ends_it() {
+    let dir = tempdir().unwrap();
+    if let Err(e) = reauth(dir.path()).await {
+        let _ = dir.keep();
+        panic!("{e:#}");
+    }
+}
+
+async fn reauth(dir: &Path) -> Result<()> {
+    let broker = ApacheKafka::start_with(dir, true, "connections.max.reauth.ms=8000")?;
+    let secured = broker.secured.clone().context("secured listener")?;
+    kafka::create_topic(&broker.bootstrap, "orders", PARTITIONS).await?;
+    let coordinator = coordinator(dir).await?;
+    let (mut sidecar, bootstrap) = front(
+        dir,
+        coordinator.port,
+        "front",
+        &secured.bootstrap,
+        &secured_options(&secured.ca, "SCRAM-SHA-512", PASSWORD),
+    )
+    .await?;
+    let p = producer(&bootstrap, Duration::from_secs(30))?;
+    let start_ms = 1_700_000_000_000;
+    let failed = produce(&p, "orders", 3_000, Duration::from_millis(4), start_ms).await;
+    ensure!(failed == 0, "{failed} deliveries failed");
+    check_topic(&broker.bootstrap, "orders", 3_000, start_ms)?;
+    sidecar.check_alive()?;
+    drop(p);
+    drop(sidecar);
+    let log = std::fs::read_to_string(dir.join("front.log"))?;
+    ensure!(
+        !log.contains("connection closed"),
+        "an upstream session ended under the front:\n{log}"
+    );
     Ok(())
 }
 

@@ -207,7 +207,7 @@ const SNAPPY_MAGIC: &[u8; 16] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01
 /// there.
 pub fn decompress(count: i32) -> impl Fn(&mut Bytes, Compression) -> anyhow::Result<Bytes> {
     move |buf: &mut Bytes, compression| {
-        let input = buf.copy_to_bytes(buf.remaining());
+        let mut input = buf.copy_to_bytes(buf.remaining());
         let out: Bytes = match compression {
             Compression::None => input,
             Compression::Gzip => bounded(flate2::read::MultiGzDecoder::new(input.reader()))?,
@@ -220,7 +220,7 @@ pub fn decompress(count: i32) -> impl Fn(&mut Bytes, Compression) -> anyhow::Res
             Compression::Snappy => {
                 // The library's decoder allocates what each block claims: sum the claims first.
                 snappy_len(&input)?;
-                Snappy::decompress(&mut input.clone(), |b: &mut Bytes| Ok(b.clone()))?
+                Snappy::decompress(&mut input, |b: &mut Bytes| Ok(std::mem::take(b)))?
             }
         };
         records(&out, count)?;

@@ -293,7 +293,7 @@ impl Policy<'_> {
             before
         };
         let after = before + below;
-        if (0..=19).any(|k| before < 10u64.pow(k) && after >= 10u64.pow(k)) {
+        if before.checked_ilog10() != after.checked_ilog10() {
             let oldest = times.iter().min().copied().unwrap_or(confirmed);
             tracing::warn!(
                 topic,

@@ -99,6 +99,14 @@ pub enum SecurityError {
          ssl.certificate.location, ssl.key.location with an unencrypted key)"
     )]
     Unsupported(String),
+    /// Half a client identity: a certificate without its key, or a key without its certificate.
+    #[error("{given} is set but {missing} is not: mutual TLS needs both")]
+    HalfIdentity {
+        /// The option given.
+        given: &'static str,
+        /// The one missing.
+        missing: &'static str,
+    },
     /// `sasl.mechanism` is not PLAIN or SCRAM.
     #[error("the Kafka front logs in with PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, not `{0}`")]
     Mechanism(String),
@@ -160,7 +168,7 @@ impl Security {
             "ssl.ca.pem",
             "ssl.certificate.pem",
             "ssl.key.pem",
-            "ssl_engine_location",
+            "ssl.engine.location",
         ] {
             if get(unsupported).is_some() {
                 return Err(SecurityError::Unsupported(unsupported.into()));
@@ -203,14 +211,16 @@ impl Security {
                 }
                 (None, None) => builder.with_no_client_auth(),
                 (Some(_), None) => {
-                    return Err(SecurityError::Unsupported(
-                        "ssl.certificate.location without ssl.key.location".into(),
-                    ));
+                    return Err(SecurityError::HalfIdentity {
+                        given: "ssl.certificate.location",
+                        missing: "ssl.key.location",
+                    });
                 }
                 (None, Some(_)) => {
-                    return Err(SecurityError::Unsupported(
-                        "ssl.key.location without ssl.certificate.location".into(),
-                    ));
+                    return Err(SecurityError::HalfIdentity {
+                        given: "ssl.key.location",
+                        missing: "ssl.certificate.location",
+                    });
                 }
             };
             security.tls = Some(Arc::new(config));
@@ -666,6 +676,21 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(matches!(e, SecurityError::Read { .. }));
+        let e = Security::from_options(&opts(&[
+            ("security.protocol", "ssl"),
+            ("ssl.key.location", "/k.pem"),
+        ]))
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SecurityError::HalfIdentity {
+                    missing: "ssl.certificate.location",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     /// The SHA-512 provider is ours: its key derivation against the published
