@@ -29,6 +29,11 @@
 //! - one whose watermark is `i64::MAX` (finished: every record before it was delivered, since
 //!   a watermark reaches the tracker only then).
 //!
+//! A floor ([`WatermarkTracker::set_floor`]) is the lowest event time of records that left
+//! every channel but are not yet visible downstream — a Kafka transaction the sidecar admitted
+//! them into and that is not committed yet. The gate watermark never passes a floor: a drain
+//! is complete only when what it admitted can be read, not merely when it was written.
+//!
 //! The sidecar persists the ids the tracker knows ([`WatermarkTracker::known`]), so neither
 //! kind comes back as "closed, watermark unknown" after a sidecar restart.
 
@@ -101,7 +106,8 @@ pub struct GateClock {
     /// Minimum watermark over non-idle channels; `None` when a non-idle channel has none yet,
     /// or when every channel is idle.
     pub watermark: Option<EventTime>,
-    /// Channels tracked (open, or closed and not yet back or expired).
+    /// Channels tracked (open, or closed and not yet back or expired), and floors: an open
+    /// transaction is never idle, so a gate holding one is never "all idle, nothing owed".
     pub channels: u32,
     /// Of those, how many are idle.
     pub idle_channels: u32,
@@ -111,6 +117,8 @@ pub struct GateClock {
 #[derive(Debug, Clone)]
 pub struct WatermarkTracker {
     channels: BTreeMap<String, ChannelClock>,
+    /// Floors by key (see the module docs).
+    floors: BTreeMap<String, EventTime>,
     idle_timeout_ms: u64,
     closed_expiry_ms: u64,
 }
@@ -121,6 +129,7 @@ impl WatermarkTracker {
     pub fn new(idle_timeout_ms: u64, closed_expiry_ms: u64) -> Self {
         Self {
             channels: BTreeMap::new(),
+            floors: BTreeMap::new(),
             idle_timeout_ms,
             closed_expiry_ms,
         }
@@ -150,6 +159,22 @@ impl WatermarkTracker {
         let c = self.touch(channel, now_ms);
         c.connections += 1;
         c.closed_at_ms = None;
+    }
+
+    /// Sets (or moves, either way) the floor under `key`: the gate watermark stays at or below
+    /// `floor` until [`WatermarkTracker::lift_floor`].
+    pub fn set_floor(&mut self, key: &str, floor: EventTime) {
+        self.floors.insert(key.to_owned(), floor);
+    }
+
+    /// Removes the floor under `key` (its records became visible, or will never be).
+    pub fn lift_floor(&mut self, key: &str) {
+        self.floors.remove(key);
+    }
+
+    /// Floors set now.
+    pub fn floors(&self) -> usize {
+        self.floors.len()
     }
 
     /// The channel sent a record: it is not idle.
@@ -239,7 +264,7 @@ impl WatermarkTracker {
         let (timeout, expiry) = (self.idle_timeout_ms, self.closed_expiry_ms);
         self.channels.retain(|_, c| !c.expired(now_ms, expiry));
         let mut clock = GateClock {
-            channels: self.channels.len() as u32,
+            channels: (self.channels.len() + self.floors.len()) as u32,
             ..GateClock::default()
         };
         let mut min: Option<Option<EventTime>> = None;
@@ -253,6 +278,13 @@ impl WatermarkTracker {
                 (None, w) => w,
                 (Some(Some(a)), Some(b)) => Some(a.min(b)),
                 _ => None,
+            });
+        }
+        // A floor is a live channel whose watermark is the floor.
+        for &f in self.floors.values() {
+            min = Some(match min {
+                None => Some(f),
+                Some(w) => w.map(|w| w.min(f)),
             });
         }
         clock.watermark = min.flatten();
@@ -272,6 +304,37 @@ mod tests {
         assert_eq!(t.clock(10).watermark, Some(50));
         t.on_watermark("b", 200, 20);
         assert_eq!(t.clock(30).watermark, Some(100));
+    }
+
+    #[test]
+    fn floors_hold_the_gate_watermark_until_lifted_and_may_move_down() {
+        let mut t = WatermarkTracker::new(1_000, 60_000);
+        t.on_watermark("a", 100, 0);
+        t.set_floor("txn/1", 70);
+        t.set_floor("txn/2", 90);
+        assert_eq!(t.clock(1).watermark, Some(70));
+        // A later batch of the same transaction, older than its first: the floor goes down.
+        t.set_floor("txn/2", 40);
+        assert_eq!(t.clock(2).watermark, Some(40));
+        t.lift_floor("txn/2");
+        assert_eq!(t.clock(3).watermark, Some(70));
+        t.lift_floor("txn/1");
+        assert_eq!(t.clock(4).watermark, Some(100));
+        // A floor above every channel's watermark changes nothing.
+        t.set_floor("txn/3", 500);
+        assert_eq!(t.clock(5).watermark, Some(100));
+        // Every channel idle (a sink stalled in its commit), a transaction open: the gate is
+        // not "all idle, nothing owed" — the floor is its watermark.
+        t.on_idle("a");
+        let c = t.clock(6);
+        assert_eq!(
+            (c.watermark, c.channels, c.idle_channels),
+            (Some(500), 2, 1)
+        );
+        t.lift_floor("txn/3");
+        let c = t.clock(7);
+        assert_eq!((c.watermark, c.channels, c.idle_channels), (None, 1, 1));
+        assert_eq!(t.floors(), 0);
     }
 
     #[test]

@@ -113,6 +113,11 @@ pub struct Config {
     #[arg(long, env = "SLUICE_FLINK_REST")]
     pub flink_rest: Option<crate::flink_rest::RestAddress>,
 
+    /// Fault injection for tests, hidden from `--help`: the Kafka front holds every `EndTxn`
+    /// this long before forwarding it (a slow commit).
+    #[arg(long, hide = true, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub fault_end_txn_delay: Duration,
+
     /// How often `--flink-rest` is polled.
     #[arg(long, env = "SLUICE_FLINK_REST_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub flink_rest_interval: Duration,

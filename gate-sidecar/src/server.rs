@@ -362,6 +362,7 @@ pub async fn run_with_sink<S: Sink>(
             event_time: config.event_time.clone(),
             max_frame: config.max_frame_bytes,
             hold_limit: config.hold_limit,
+            end_txn_delay: config.fault_end_txn_delay,
             watermarks: match &config.flink_rest {
                 Some(address) => {
                     let (tx, rx) = tokio::sync::watch::channel(None);

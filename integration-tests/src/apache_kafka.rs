@@ -90,6 +90,9 @@ impl ApacheKafka {
                 ca,
             });
         }
+        // No time retention: the tests' records carry event times from 2023 as timestamps, and a
+        // transaction marker (stamped now) rolls the segment, which the default 7-day retention
+        // then deletes with every committed record in it (seen: blue's first transactions gone).
         let properties = format!(
             "process.roles=broker,controller\n\
              node.id=1\n\
@@ -107,6 +110,7 @@ impl ApacheKafka {
              transaction.state.log.min.isr=1\n\
              transaction.state.log.num.partitions=1\n\
              group.initial.rebalance.delay.ms=0\n\
+             log.retention.ms=-1\n\
              {extra}{more_properties}\n",
             listeners = listeners.join(","),
             advertised = advertised.join(","),

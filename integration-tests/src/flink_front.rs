@@ -87,8 +87,11 @@ pub struct FrontConfig {
     /// producer (`linger.ms`): a sink that does not flush at checkpoints.
     pub blue_unflushed: Option<Duration>,
     /// Both jobs' DataStream sinks `DeliveryGuarantee.EXACTLY_ONCE`, into a real Apache Kafka
-    /// broker (tansu has no transactions), read back `read_committed`.
+    /// broker (tansu has no transactions), read back `read_committed` (and `read_uncommitted`,
+    /// reported), blue's records checked visible the moment the cutover completes.
     pub exactly_once: bool,
+    /// Blue's sidecar holds every `EndTxn` this long (fault injection: a slow commit).
+    pub blue_end_txn_delay: Option<Duration>,
 }
 
 impl FrontConfig {
@@ -114,6 +117,7 @@ impl FrontConfig {
             kill_blue_sidecar: None,
             blue_unflushed: None,
             exactly_once: false,
+            blue_end_txn_delay: None,
         }
     }
 }
@@ -148,6 +152,11 @@ pub struct FrontReport {
     pub blue_state_at_cancel: String,
     /// With a sidecar kill: the checkpoint blue restored, if it restarted.
     pub restored_checkpoint: Option<u64>,
+    /// Exactly-once: blue's records a `read_committed` consumer read at the moment the cutover
+    /// completed (before blue was cancelled), and how many blue owed (event time below `T`).
+    pub blue_visible_at_completion: Option<(u64, u64)>,
+    /// Exactly-once: records a `read_uncommitted` consumer read at the end.
+    pub read_uncommitted: Option<u64>,
     /// With a sidecar kill: copies at-least-once explains (a record blue's first attempt wrote
     /// after the restored checkpoint, written again by the restarted job).
     pub predicted_duplicates: u64,
@@ -189,6 +198,12 @@ fn sidecar(
     ]
     .map(String::from)
     .to_vec();
+    if let (Some(delay), BLUE) = (cfg.blue_end_txn_delay, deployment) {
+        extra.extend([
+            "--fault-end-txn-delay".into(),
+            format!("{}ms", delay.as_millis()),
+        ]);
+    }
     if cfg.drain == DrainKind::FlinkRest {
         extra.extend([
             "--flink-rest".into(),
@@ -400,6 +415,33 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
         green_job.check_alive().context("green Flink")?;
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    let blue_state_at_cancel = flink::job_state(blue_rest, &blue_id)
+        .await
+        .context("blue's REST API at completion (has blue already finished its input?)")?;
+    // Exactly-once: the drain completes only once blue's records below T are committed, so a
+    // read_committed consumer sees all of them now (below the last stable offsets taken now),
+    // while blue still runs.
+    let blue_visible_at_completion = if cfg.exactly_once {
+        let barrier = status
+            .barrier_ms
+            .context("a completed cutover has a barrier")?;
+        let owed = cfg
+            .sequence
+            .expected()
+            .iter()
+            .filter(|e| e.event_time_ms < barrier)
+            .count() as u64;
+        let bootstrap = broker.bootstrap().to_owned();
+        let is_blue = |c: &kafka::Consumed| c.header("deployment") == Some(BLUE.as_bytes());
+        let read = tokio::task::spawn_blocking(move || {
+            kafka::read_visible_now(&bootstrap, TOPIC, PARTITIONS, Duration::from_secs(30))
+        })
+        .await??;
+        let blue = read.iter().filter(|c| is_blue(c)).count() as u64;
+        Some((blue, owed))
+    } else {
+        None
+    };
     // Only now is blue cancelled, as an orchestrator would on completion.
     let restored_checkpoint = if cfg.kill_blue_sidecar.is_some() {
         let (_, v) = flink::rest(blue_rest, "GET", &format!("/jobs/{blue_id}/checkpoints")).await?;
@@ -407,9 +449,6 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
     } else {
         None
     };
-    let blue_state_at_cancel = flink::job_state(blue_rest, &blue_id)
-        .await
-        .context("blue's REST API at completion (has blue already finished its input?)")?;
     // A SQL job's mini-cluster may stop before the answer is out: what counts is that it stops.
     match flink::rest(blue_rest, "PATCH", &format!("/jobs/{blue_id}?mode=cancel")).await {
         Ok((code, _)) => ensure!(
@@ -452,6 +491,24 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
     })
     .await??;
     let mut report = count(cfg, &status, &records, restored_checkpoint)?;
+    if cfg.exactly_once {
+        let bootstrap = broker.bootstrap().to_owned();
+        let n = cfg.sequence.records as usize;
+        let uncommitted = tokio::task::spawn_blocking(move || {
+            kafka::read_topic_isolated(
+                &bootstrap,
+                TOPIC,
+                PARTITIONS,
+                n,
+                Duration::from_secs(3),
+                Duration::from_secs(60),
+                "read_uncommitted",
+            )
+        })
+        .await??;
+        report.read_uncommitted = Some(uncommitted.len() as u64);
+    }
+    report.blue_visible_at_completion = blue_visible_at_completion;
     drop(blue);
     report.blue_state_at_cancel = blue_state_at_cancel;
     report.status = status;
@@ -649,6 +706,13 @@ pub fn check(cfg: &FrontConfig, r: &FrontReport) -> Result<()> {
         "both deployments should have written: {:?}",
         r.from
     );
+    if let Some((seen, owed)) = r.blue_visible_at_completion {
+        ensure!(
+            seen == owed,
+            "at completion a read_committed consumer saw {seen} of blue's {owed} records below \
+             T: the drain did not wait for blue's transactions to commit"
+        );
+    }
     if r.blue_state_at_cancel != "RUNNING" {
         bail!(
             "blue was {} at completion: the drain waited for its end",
@@ -714,6 +778,14 @@ impl fmt::Display for FrontReport {
                 f,
                 "  blue restored checkpoint {:?}: duplicates predicted by at-least-once {}, unexplained {}",
                 self.restored_checkpoint, self.predicted_duplicates, self.unexplained_duplicates
+            )?;
+        }
+        if let Some((seen, owed)) = self.blue_visible_at_completion {
+            writeln!(
+                f,
+                "  exactly-once: at completion read_committed showed {seen} of blue's {owed} \
+                 records below T; at the end read_uncommitted read {}",
+                self.read_uncommitted.unwrap_or(0)
             )?;
         }
         writeln!(

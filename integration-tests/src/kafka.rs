@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
@@ -170,18 +170,7 @@ pub fn read_topic_isolated(
     within: Duration,
     isolation: &str,
 ) -> Result<Vec<Consumed>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "sluice-reader")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", isolation)
-        .create()
-        .context("consumer")?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
+    let consumer = reader(bootstrap, topic, partitions, isolation)?;
     let deadline = Instant::now() + within;
     let mut out = Vec::with_capacity(expected);
     let mut last = Instant::now();
@@ -195,28 +184,118 @@ pub fn read_topic_isolated(
                 out.len()
             );
         }
-        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        let m = m.context("consumer error")?;
-        let headers = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.push(Consumed {
-            partition: m.partition(),
-            offset: m.offset(),
-            key: m.key().unwrap_or_default().to_vec(),
-            value: m.payload().unwrap_or_default().to_vec(),
-            timestamp: m.timestamp(),
-            headers,
-        });
-        last = Instant::now();
+        if poll_into(&consumer, &mut out)? {
+            last = Instant::now();
+        }
     }
+}
+
+/// Reads `topic` from the beginning at `isolation` until `done`, told of each record as it is
+/// read, says so, or `within` passed; returns what was read either way.
+pub fn read_topic_until(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    isolation: &str,
+    within: Duration,
+    mut done: impl FnMut(&Consumed) -> bool,
+) -> Result<Vec<Consumed>> {
+    let consumer = reader(bootstrap, topic, partitions, isolation)?;
+    let deadline = Instant::now() + within;
+    let mut out = Vec::new();
+    while Instant::now() < deadline {
+        if poll_into(&consumer, &mut out)? && done(out.last().expect("just read")) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// What a `read_committed` consumer can read of `topic` now: the last stable offset of each
+/// partition is taken first, then every record below it is read (records committed later are
+/// not included, however soon).
+pub fn read_visible_now(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    within: Duration,
+) -> Result<Vec<Consumed>> {
+    let consumer = reader(bootstrap, topic, partitions, "read_committed")?;
+    // For a read_committed consumer librdkafka asks ListOffsets at that isolation: the LSO.
+    let ends = (0..partitions)
+        .map(|p| {
+            Ok(consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))?
+                .1)
+        })
+        .collect::<Result<Vec<i64>>>()?;
+    let deadline = Instant::now() + within;
+    let mut out = Vec::new();
+    loop {
+        if poll_into(&consumer, &mut out)?
+            && out
+                .last()
+                .is_some_and(|c| c.offset >= ends[c.partition as usize])
+        {
+            out.pop();
+        }
+        let positions = consumer.position()?;
+        let done = (0..partitions).all(|p| {
+            let at = positions
+                .find_partition(topic, p)
+                .and_then(|e| e.offset().to_raw())
+                .unwrap_or(-1);
+            at >= ends[p as usize] || ends[p as usize] == 0
+        });
+        if done {
+            return Ok(out);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "could not read up to the last stable offsets {ends:?} within {within:?}"
+        );
+    }
+}
+
+fn reader(bootstrap: &str, topic: &str, partitions: i32, isolation: &str) -> Result<BaseConsumer> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "sluice-reader")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation)
+        .create()
+        .context("consumer")?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
+/// Polls once (100 ms at most); `true` if a record was read.
+fn poll_into(consumer: &BaseConsumer, out: &mut Vec<Consumed>) -> Result<bool> {
+    let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+        return Ok(false);
+    };
+    let m = m.context("consumer error")?;
+    let headers = m
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.push(Consumed {
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().unwrap_or_default().to_vec(),
+        value: m.payload().unwrap_or_default().to_vec(),
+        timestamp: m.timestamp(),
+        headers,
+    });
+    Ok(true)
 }
 
 /// The partition the Java Kafka client's default partitioner (and librdkafka's

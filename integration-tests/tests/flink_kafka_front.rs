@@ -90,16 +90,26 @@ async fn a_kafka_sink_that_does_not_flush_is_detected_and_the_drain_called_appro
 
 /// Issue 11: both jobs' KafkaSinks EXACTLY_ONCE (writer transactions, the committer's EndTxn,
 /// the abort of lingering transactions at start, all through the fronts) into Apache Kafka,
-/// the REST drain; read_committed must read every record exactly once. Not passing yet: the
-/// run gets through the cutover, but blue's records of its first ~4.4 s (its first
-/// checkpoint's transactions) are in the topic neither committed nor uncommitted (4,517 of
-/// 45,000 missing, 0 duplicates); kept so the next session starts from the failure
-/// (`cargo test --test flink_kafka_front -- --ignored`).
+/// the REST drain: read_committed reads every record exactly once, and at the moment the
+/// cutover completes (blue still running) it already sees every blue record below T — the
+/// drain waited for blue's transactions to commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 11, in progress: blue's first transactions never reach the broker"]
 async fn flink_exactly_once_kafka_sinks_cut_over_through_the_front_into_apache_kafka() {
     scenario_with(SinkKind::DataStream, DrainKind::FlinkRest, |cfg| {
         cfg.exactly_once = true;
+    })
+    .await;
+}
+
+/// Blue's commits made slow (its sidecar holds each `EndTxn` 8 s: fault injection): the
+/// checkpoint that confirms blue's watermark past T completes 8 s before its transactions
+/// commit. The drain must wait for the commits, not the checkpoint — at completion
+/// read_committed already shows every blue record below T.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exactly_once_drain_waits_for_blue_s_slow_commits() {
+    scenario_with(SinkKind::DataStream, DrainKind::FlinkRest, |cfg| {
+        cfg.exactly_once = true;
+        cfg.blue_end_txn_delay = Some(Duration::from_secs(8));
     })
     .await;
 }

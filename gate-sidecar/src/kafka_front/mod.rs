@@ -13,6 +13,8 @@
 //! - `produce`: the policy — every record of every batch decided by the same gate as native
 //!   channels, batches rebuilt from the admitted records.
 //! - `sequences`: client sequences mapped to upstream sequences for idempotent producers.
+//! - `transactions`: transactions holding admitted records, each a floor of the gate's
+//!   watermark until it ends, so a drain completes only once its records are committed.
 //! - `event_time`: a record's event time (`--event-time`).
 //! - `upstream`: connections to the real cluster (TLS, SASL), as the Kafka sink reaches it.
 //! - this module: the listeners and the per-connection loop.
@@ -34,6 +36,7 @@ mod event_time;
 mod frame;
 mod produce;
 mod sequences;
+mod transactions;
 mod upstream;
 mod versions;
 
@@ -69,6 +72,10 @@ const UPSTREAM_GRACE: Duration = Duration::from_secs(5);
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Producer keys whose sequences the front keeps.
 const SEQUENCE_KEYS: usize = 100_000;
+/// Open transactions (and transactional sessions) the front keeps track of.
+const OPEN_TRANSACTIONS: usize = 10_000;
+/// How often transactions past their timeout are looked for.
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the front is configured with.
 #[derive(Debug, Clone)]
@@ -85,6 +92,8 @@ pub struct FrontSettings {
     pub watermarks: FrontWatermarks,
     /// How to reach the cluster (TLS, SASL).
     pub security: Security,
+    /// Fault injection: how long every `EndTxn` is held before it is forwarded.
+    pub end_txn_delay: Duration,
 }
 
 /// Where the Kafka front's channels take their watermarks (Kafka carries none).
@@ -177,10 +186,19 @@ enum Target {
     Node(i32),
 }
 
+impl Shared {
+    fn lock_transactions(&self) -> std::sync::MutexGuard<'_, transactions::OpenTransactions> {
+        self.transactions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 struct Shared {
     settings: FrontSettings,
     gate: Arc<Gate>,
     sequences: std::sync::Mutex<sequences::Sequences>,
+    transactions: std::sync::Mutex<transactions::OpenTransactions>,
     brokers: addresses::BrokerMap,
     connections: AtomicU64,
     stop: CancellationToken,
@@ -207,6 +225,9 @@ pub async fn serve(
             settings,
             gate,
             sequences: std::sync::Mutex::new(sequences::Sequences::new(SEQUENCE_KEYS)),
+            transactions: std::sync::Mutex::new(transactions::OpenTransactions::new(
+                OPEN_TRANSACTIONS,
+            )),
             brokers: addresses::BrokerMap::new(bind_ip, serve),
             connections: AtomicU64::new(0),
             stop,
@@ -215,6 +236,7 @@ pub async fn serve(
     if let FrontWatermarks::Flushed(rx) = &shared.settings.watermarks {
         tokio::spawn(push_flushed(rx.clone(), shared.clone()));
     }
+    tokio::spawn(expire_transactions(shared.clone()));
     accept(listener, Target::Bootstrap, shared).await;
 }
 
@@ -319,6 +341,9 @@ async fn serve_connection(
                 });
             }
             Some(Handling::PassThrough) => Some(forward(&request, upstream, target, shared).await?),
+            Some(Handling::Transaction) => {
+                Some(transaction(&request, upstream, target, shared).await?)
+            }
             Some(Handling::ApiVersions) => {
                 let raw = forward(&request, upstream, target, shared).await?;
                 let body = frame::response_body(&request, raw).map_err(FrontError::Upstream)?;
@@ -342,6 +367,122 @@ async fn serve_connection(
         if let Some(answer) = answer {
             client.send(answer).await?;
         }
+    }
+}
+
+/// `InitProducerId` and `EndTxn`: forwarded unchanged; what the answer says ended lifts the
+/// transactions' floors (see `transactions`). An answer that does not decode is passed on all
+/// the same (the client judges it); nothing is lifted then.
+async fn transaction(
+    request: &Request,
+    upstream: &mut Up,
+    target: Target,
+    shared: &Shared,
+) -> Result<Bytes, FrontError> {
+    use kafka_protocol::messages::{
+        EndTxnRequest, EndTxnResponse, InitProducerIdRequest, InitProducerIdResponse,
+    };
+    if request.api == ApiKey::EndTxn && !shared.settings.end_txn_delay.is_zero() {
+        tokio::time::sleep(shared.settings.end_txn_delay).await;
+    }
+    let raw = forward(request, upstream, target, shared).await?;
+    let Ok(body) = frame::response_body(request, raw.clone()) else {
+        return Ok(raw);
+    };
+    let now = shared.gate.now_ms();
+    let lifted = match request.api {
+        ApiKey::InitProducerId => {
+            let (Ok(req), Ok(resp)) = (
+                request.decode::<InitProducerIdRequest>("InitProducerId request"),
+                frame::decode_response::<InitProducerIdResponse>(request, "response", body),
+            ) else {
+                return Ok(raw);
+            };
+            match req.transactional_id {
+                Some(id) if resp.error_code == 0 => shared.lock_transactions().initialized(
+                    id.0.as_str(),
+                    u64::try_from(req.transaction_timeout_ms).unwrap_or(0),
+                    (resp.producer_id.0, resp.producer_epoch),
+                    now,
+                ),
+                _ => Vec::new(),
+            }
+        }
+        ApiKey::EndTxn => {
+            let (Ok(req), Ok(resp)) = (
+                request.decode::<EndTxnRequest>("EndTxn request"),
+                frame::decode_response::<EndTxnResponse>(request, "response", body),
+            ) else {
+                return Ok(raw);
+            };
+            let fenced = [
+                ResponseError::ProducerFenced.code(),
+                ResponseError::InvalidProducerEpoch.code(),
+            ];
+            if resp.error_code == 0 || fenced.contains(&resp.error_code) {
+                let producer = (req.producer_id.0, req.producer_epoch);
+                let outcome = match (resp.error_code, req.committed) {
+                    (0, true) => "committed",
+                    (0, false) => "aborted",
+                    _ => "fenced",
+                };
+                tracing::debug!(
+                    transactional_id = req.transactional_id.0.as_str(),
+                    producer_id = producer.0,
+                    epoch = producer.1,
+                    outcome,
+                    "Kafka front: transaction ended"
+                );
+                shared
+                    .lock_transactions()
+                    .ended(producer, now)
+                    .into_iter()
+                    .collect()
+            } else {
+                Vec::new()
+            }
+        }
+        _ => Vec::new(),
+    };
+    lift(shared, &lifted);
+    Ok(raw)
+}
+
+/// Lifts the floors of transactions that ended.
+fn lift(shared: &Shared, lifted: &[transactions::Lifted]) {
+    if lifted.is_empty() {
+        return;
+    }
+    let mut state = shared.gate.lock();
+    for l in lifted {
+        state
+            .tracker
+            .lift_floor(&transactions::floor_key(l.producer));
+    }
+}
+
+/// Transactions past their timeout no longer hold the watermark: the broker has aborted them,
+/// or they were committed through another sidecar.
+async fn expire_transactions(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
+    loop {
+        tokio::select! {
+            () = shared.stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let expired = shared.lock_transactions().expired(shared.gate.now_ms());
+        for l in &expired {
+            tracing::warn!(
+                transactional_id = l.transactional_id.as_deref().unwrap_or("(not seen)"),
+                producer_id = l.producer.0,
+                epoch = l.producer.1,
+                open_ms = l.open_ms,
+                "Kafka front: a transaction with admitted records passed its timeout without \
+                 an end seen here (committed through another sidecar, or aborted by the \
+                 broker); it no longer holds the drain"
+            );
+        }
+        lift(&shared, &expired);
     }
 }
 
@@ -419,6 +560,7 @@ async fn produce(
         connection: number,
         hold_limit: shared.settings.hold_limit,
         watermarks: &shared.settings.watermarks,
+        transactions: &shared.transactions,
     };
     let decided = policy.decide(body).await;
     let upstream_answer = match &decided.upstream {

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use super::event_time::EventTimeSource;
 use super::sequences::{Key, Mapped, Sequences};
+use super::transactions::{OpenTransactions, floor_key};
 use crate::counters::Verdict;
 use crate::gate::Gate;
 
@@ -130,6 +131,8 @@ pub struct Policy<'a> {
     pub hold_limit: usize,
     /// Where channel watermarks come from.
     pub watermarks: &'a super::FrontWatermarks,
+    /// Open transactions, shared by every connection of the sidecar.
+    pub transactions: &'a std::sync::Mutex<OpenTransactions>,
 }
 
 /// A decided request: what to send upstream (if anything) and how to answer.
@@ -225,6 +228,17 @@ impl Policy<'_> {
         } else {
             Mapped::New { base: -1 }
         };
+        tracing::debug!(
+            topic,
+            partition = index,
+            producer_id = pid,
+            epoch,
+            base_sequence = base,
+            records = count,
+            transactional = first.transactional,
+            ?mapped,
+            "Kafka front: produce batch"
+        );
         let (up_base, admitted, late) = match mapped {
             Mapped::Retry { base, admitted } => (base, admitted, 0),
             Mapped::Unknown => {
@@ -246,6 +260,12 @@ impl Policy<'_> {
                 ));
             }
             Mapped::New { base: up } => {
+                let transactional = first.transactional && pid >= 0;
+                if transactional && !self.lock_transactions().has_room((pid, epoch)) {
+                    return Err(Refusal::retriable(
+                        "too many open transactions in this sluice sidecar; retry when some end",
+                    ));
+                }
                 let times = set
                     .records
                     .iter()
@@ -257,6 +277,19 @@ impl Policy<'_> {
                     })?;
                 self.check_flushed(topic, index, &times);
                 let (admitted, late) = self.gate_records(topic, index, &times, deadline).await?;
+                if transactional
+                    && let Some(least) = admitted.iter().map(|&i| times[i as usize]).min()
+                {
+                    // Before the records go upstream: the drain must not pass them until their
+                    // transaction ends (see `transactions`).
+                    let floor =
+                        self.lock_transactions()
+                            .admitted((pid, epoch), least, self.gate.now_ms());
+                    self.gate
+                        .lock()
+                        .tracker
+                        .set_floor(&floor_key((pid, epoch)), floor);
+                }
                 if idempotent {
                     self.sequences
                         .lock()
@@ -272,6 +305,12 @@ impl Policy<'_> {
         let dropped = admitted.len() < set.records.len();
         let batch = rebuild(&set, &admitted, up_base)?;
         Ok((Some((batch, dropped)), admitted.len() as u64, late))
+    }
+
+    fn lock_transactions(&self) -> std::sync::MutexGuard<'_, OpenTransactions> {
+        self.transactions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A flushing sink (AT_LEAST_ONCE, EXACTLY_ONCE) has sent every non-late record below a
@@ -399,7 +438,16 @@ impl Policy<'_> {
         let now = self.gate.now_ms();
         let mut state = self.gate.lock();
         for ((topic, index), admitted, late) in &decided.delivered {
-            let ok = response.is_none_or(|r| partition_error(r, topic, *index) == 0);
+            let code = response.map_or(0, |r| partition_error(r, topic, *index));
+            let ok = code == 0;
+            if !ok {
+                tracing::debug!(
+                    topic,
+                    partition = index,
+                    error_code = code,
+                    "Kafka front: upstream refused a partition"
+                );
+            }
             if ok {
                 state.counters.on_acked(*admitted, *late);
             }

@@ -15,6 +15,9 @@ pub enum Handling {
     Produce,
     /// Answered from the cluster's answer intersected with this table.
     ApiVersions,
+    /// Forwarded unchanged; request and answer tell which transactions ended
+    /// (`InitProducerId`, `EndTxn`: see `transactions`).
+    Transaction,
 }
 
 /// The served APIs: (key, lowest, highest version, handling). Produce stops at 11 (v12 comes
@@ -28,10 +31,10 @@ pub const SERVED: &[(ApiKey, i16, i16, Handling)] = &[
     (ApiKey::Metadata, 0, 12, Handling::RewriteResponse),
     (ApiKey::FindCoordinator, 0, 5, Handling::RewriteResponse),
     (ApiKey::ApiVersions, 0, 3, Handling::ApiVersions),
-    (ApiKey::InitProducerId, 0, 5, Handling::PassThrough),
+    (ApiKey::InitProducerId, 0, 5, Handling::Transaction),
     (ApiKey::AddPartitionsToTxn, 0, 3, Handling::PassThrough),
     (ApiKey::AddOffsetsToTxn, 0, 4, Handling::PassThrough),
-    (ApiKey::EndTxn, 0, 4, Handling::PassThrough),
+    (ApiKey::EndTxn, 0, 4, Handling::Transaction),
     (ApiKey::TxnOffsetCommit, 0, 4, Handling::PassThrough),
     (ApiKey::DescribeConfigs, 0, 4, Handling::PassThrough),
     (ApiKey::DescribeCluster, 0, 1, Handling::RewriteResponse),
