@@ -120,6 +120,31 @@ pub struct SimConfig {
     /// record its channels sent before it was triggered is decided (the sink's flush waits for
     /// the front's acknowledgements). Restores are not modeled (the sim's clients re-send).
     pub rest_drain: bool,
+    /// With [`SimConfig::rest_drain`]: the jobs' sinks are exactly-once (issue 11). What a
+    /// channel's gate admits goes into that channel's open transaction; a checkpoint's trigger
+    /// closes it, and it commits 0–3 s (random) after the checkpoint completes — only then can
+    /// a `read_committed` consumer see it. The sidecar sets a floor of its gate watermark at the
+    /// least event time admitted into each open transaction and lifts it at the commit (the
+    /// front's rule). The drain check then also requires every admitted record of the outgoing
+    /// deployment below T to be committed. Sidecar restarts and job restores are not modeled
+    /// here (run it with `fault_rate` 0).
+    pub exactly_once: bool,
+    /// With [`SimConfig::exactly_once`]: sidecars without floors (the drain follows the
+    /// checkpoint, not the commit). Breaks the drain check.
+    pub no_floors: bool,
+}
+
+/// The slowest commit after its checkpoint completed, in the exactly-once model.
+const COMMIT_DELAY_MAX_MS: u64 = 3_000;
+
+/// One transaction of a channel's sink (see [`SimConfig::exactly_once`]).
+#[derive(Debug, Default)]
+struct SimTxn {
+    /// Admitted records: (id, event time).
+    records: Vec<(u32, EventTime)>,
+    /// The trigger time of the checkpoint that closed it.
+    closed_by: Option<u64>,
+    committed: bool,
 }
 
 /// The REST drain's model (see [`SimConfig::rest_drain`]).
@@ -157,6 +182,8 @@ impl Default for SimConfig {
             no_lease: false,
             no_future_horizon: false,
             rest_drain: false,
+            exactly_once: false,
+            no_floors: false,
         }
     }
 }
@@ -517,6 +544,11 @@ enum Ev {
     FlinkTick {
         dep: Dep,
     },
+    /// Exactly-once: a channel's transaction commits.
+    Commit {
+        chan: usize,
+        txn: u32,
+    },
     BreakFault,
     Partition {
         gate: usize,
@@ -687,6 +719,10 @@ struct Sim<'a> {
     coord_conn: BTreeMap<usize, usize>,
     /// gate → live channels of the last report the coordinator accepted from it.
     shadow_live: BTreeMap<usize, Vec<usize>>,
+    /// Exactly-once: every channel's transactions by (channel, number), and each channel's
+    /// open one.
+    txns: BTreeMap<(usize, u32), SimTxn>,
+    open_txn: BTreeMap<usize, u32>,
 
     /// Cutovers requested so far (index of the next one in `sc.cutovers`).
     cutovers_started: usize,
@@ -996,6 +1032,8 @@ impl<'a> Sim<'a> {
             stored: PipelineRecord::new(PIPELINE, 0),
             coord_conn: BTreeMap::new(),
             shadow_live: BTreeMap::new(),
+            txns: BTreeMap::new(),
+            open_txn: BTreeMap::new(),
             cutovers_started: 0,
             cutover_running: false,
             requested_before_green: false,
@@ -1307,6 +1345,16 @@ impl<'a> Sim<'a> {
                 }
             }
             Ev::CoordCrash => self.coord_crash(),
+            Ev::Commit { chan, txn } => {
+                if let Some(t) = self.txns.get_mut(&(chan, txn)) {
+                    t.committed = true;
+                }
+                let g = self.chans[chan].gate;
+                self.gates[g]
+                    .tracker
+                    .lift_floor(&format!("txn/{chan}/{txn}"));
+                self.tr(|| format!("commit: channel {chan} transaction {txn}"));
+            }
             Ev::FlinkTick { dep } => {
                 self.after(REST_POLL_MS, Ev::FlinkTick { dep });
                 if dep == Dep::Blue || self.green_started_at.is_some() {
@@ -1853,6 +1901,21 @@ impl<'a> Sim<'a> {
     /// its records below the barrier: otherwise the drain completed early and the outgoing
     /// deployment, torn down now, would lose records that are not late by any definition.
     fn check_drain(&mut self, outgoing: Dep, barrier: EventTime) -> Result<(), String> {
+        if self.cfg.exactly_once {
+            let uncommitted = self.txns.iter().find_map(|((c, n), t)| {
+                let below = t.records.iter().find(|&&(_, ts)| ts < barrier)?;
+                (self.chans[*c].dep == outgoing && !t.committed).then_some((*c, *n, *below))
+            });
+            if let Some((c, n, (id, ts))) = uncommitted {
+                return Err(format!(
+                    "drain completed before a commit: channel {} transaction {n} holds admitted \
+                     record {id} (ts {}) below the barrier {} and is not committed",
+                    self.chans[c].name,
+                    fmt_ts(Some(ts)),
+                    fmt_ts(Some(barrier))
+                ));
+            }
+        }
         let mut excused = Vec::new();
         for (g, gate) in self.gates.iter().enumerate() {
             if gate.dep != outgoing {
@@ -2235,16 +2298,45 @@ impl<'a> Sim<'a> {
             }
         }
         let job = &mut self.flink[dep.idx()];
+        let mut completed = Vec::new();
         for (k, trigger) in done.into_iter().rev() {
             job.in_flight.remove(k);
             job.completed.push_back((now, trigger));
+            completed.push(trigger);
         }
+        if self.cfg.exactly_once {
+            // The committer commits what each completed checkpoint closed, some time later.
+            let closed: Vec<(usize, u32)> = self
+                .txns
+                .iter()
+                .filter(|((c, _), t)| {
+                    self.chans[*c].dep == dep
+                        && t.closed_by.is_some_and(|at| completed.contains(&at))
+                })
+                .map(|(k, _)| *k)
+                .collect();
+            for (chan, txn) in closed {
+                let delay = self.rng.random_range(0..=COMMIT_DELAY_MAX_MS);
+                self.after(delay, Ev::Commit { chan, txn });
+            }
+        }
+        let job = &mut self.flink[dep.idx()];
         job.completed
             .retain(|(at, _)| now.saturating_sub(*at) <= 10 * REST_CHECKPOINT_MS);
         if now >= job.next_trigger && job.in_flight.len() < 3 {
             job.next_trigger = now + REST_CHECKPOINT_MS;
             let marks = chans.iter().map(|&c| (c, self.chans[c].next)).collect();
             self.flink[dep.idx()].in_flight.push((now, marks));
+            if self.cfg.exactly_once {
+                // The barrier closes each subtask's open transaction; the next one opens.
+                for &c in &chans {
+                    let n = self.open_txn.entry(c).or_default();
+                    if let Some(t) = self.txns.get_mut(&(c, *n)) {
+                        t.closed_by = Some(now);
+                    }
+                    *n += 1;
+                }
+            }
         }
         // The job's sink watermark now: the minimum over its subtasks.
         let wm = chans
@@ -2392,6 +2484,22 @@ impl<'a> Sim<'a> {
         if open - open_idle + restored > 0 {
             wm = Some(None);
         }
+        // Exactly-once: each uncommitted transaction the gate admitted records into is a floor,
+        // a live channel of its own whose watermark is its least event time.
+        if self.cfg.exactly_once && !self.cfg.no_floors {
+            for ((c, _), t) in &self.txns {
+                if self.chans[*c].gate != g || t.committed {
+                    continue;
+                }
+                if let Some(floor) = t.records.iter().map(|&(_, ts)| ts).min() {
+                    tracked += 1;
+                    wm = Some(match wm {
+                        None => Some(floor),
+                        Some(m) => m.map(|m| m.min(floor)),
+                    });
+                }
+            }
+        }
         let expected = (tracked, idle, wm.flatten());
         if (clock.channels, clock.idle_channels, clock.watermark) != expected {
             return Err(format!(
@@ -2492,6 +2600,17 @@ impl<'a> Sim<'a> {
                 }
                 ch.last_admitted_seq = Some(r.seq);
                 self.outputs[dep.idx()].push(r.id);
+                if self.cfg.exactly_once {
+                    let n = *self.open_txn.entry(c).or_default();
+                    let t = self.txns.entry((c, n)).or_default();
+                    t.records.push((r.id, r.ts));
+                    let floor = t.records.iter().map(|&(_, ts)| ts).min().unwrap_or(r.ts);
+                    if !self.cfg.no_floors {
+                        self.gates[g]
+                            .tracker
+                            .set_floor(&format!("txn/{c}/{n}"), floor);
+                    }
+                }
                 if kind == AdmitKind::Late {
                     self.late_admitted += 1;
                 }

@@ -57,6 +57,14 @@ struct Args {
     /// polled through a modeled (stale) REST API and confirmed by checkpoints.
     #[arg(long)]
     rest_drain: bool,
+    /// Exactly-once sinks (implies --rest-drain; use with --fault-rate 0): transactions commit
+    /// up to 3 s after their checkpoint, and the drain must wait for the commits.
+    #[arg(long)]
+    exactly_once: bool,
+    /// With --exactly-once: sidecars without the open-transaction floors (the drain check
+    /// fails).
+    #[arg(long)]
+    no_floors: bool,
     /// Worker threads for a range of seeds.
     #[arg(long, default_value_t = 2)]
     jobs: usize,
@@ -74,7 +82,9 @@ fn main() -> ExitCode {
         expiry_partitions: args.expiry_partitions,
         no_lease: args.no_lease,
         no_future_horizon: args.no_future_horizon,
-        rest_drain: args.rest_drain,
+        rest_drain: args.rest_drain || args.exactly_once,
+        exactly_once: args.exactly_once,
+        no_floors: args.no_floors,
         ..SimConfig::default()
     };
     if let Some(seed) = args.seed {
