@@ -292,6 +292,30 @@ impl AnyBroker {
     }
 }
 
+/// Waits (60 s at most) until blue's gates admitted 1,000 records and the wall clock reached
+/// `not_before_ms`.
+async fn blue_in_production(coordinator: u16, not_before_ms: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = harness::pipeline_status(coordinator, PIPELINE).await?;
+        let admitted = s
+            .gates
+            .iter()
+            .filter(|g| g.deployment == BLUE)
+            .filter_map(|g| g.progress.as_ref()?.counters.as_ref())
+            .map(|c| c.admitted)
+            .sum::<u64>();
+        if admitted >= 1_000 && now_ms() >= not_before_ms {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "blue's records never reached its gate"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Runs the scenario and counts the topic.
 pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
     let started = Instant::now();
@@ -346,25 +370,7 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
     let blue_id = flink::wait_for_job(blue_rest, Duration::from_secs(60)).await?;
     if let Some((at, down)) = cfg.kill_blue_sidecar {
         // Mid-stream: once blue's records flow through its gate, and `at` into the input.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let s = harness::pipeline_status(coordinator.port, PIPELINE).await?;
-            let admitted = s
-                .gates
-                .iter()
-                .filter(|g| g.deployment == BLUE)
-                .filter_map(|g| g.progress.as_ref()?.counters.as_ref())
-                .map(|c| c.admitted)
-                .sum::<u64>();
-            if admitted >= 1_000 && now_ms() - live_start >= at.as_millis() as u64 {
-                break;
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "blue's records never reached its gate"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        blue_in_production(coordinator.port, live_start + at.as_millis() as u64).await?;
         blue.sidecar.kill();
         tokio::time::sleep(down).await;
         blue = sidecar(
@@ -390,25 +396,7 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
 
     // Blue in production first: the cutover is requested once blue's records pass its gates
     // (a loaded machine can take longer than green's delay to start blue's job).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = harness::pipeline_status(coordinator.port, PIPELINE).await?;
-        let admitted = s
-            .gates
-            .iter()
-            .filter(|g| g.deployment == BLUE)
-            .filter_map(|g| g.progress.as_ref()?.counters.as_ref())
-            .map(|c| c.admitted)
-            .sum::<u64>();
-        if admitted >= 1_000 {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "blue's records never reached its gate"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    blue_in_production(coordinator.port, 0).await?;
     let mut api = cutover_client(coordinator.port).await?;
     api.start_cutover(StartCutoverRequest {
         pipeline: PIPELINE.into(),

@@ -190,27 +190,6 @@ pub fn read_topic_isolated(
     }
 }
 
-/// Reads `topic` from the beginning at `isolation` until `done`, told of each record as it is
-/// read, says so, or `within` passed; returns what was read either way.
-pub fn read_topic_until(
-    bootstrap: &str,
-    topic: &str,
-    partitions: i32,
-    isolation: &str,
-    within: Duration,
-    mut done: impl FnMut(&Consumed) -> bool,
-) -> Result<Vec<Consumed>> {
-    let consumer = reader(bootstrap, topic, partitions, isolation)?;
-    let deadline = Instant::now() + within;
-    let mut out = Vec::new();
-    while Instant::now() < deadline {
-        if poll_into(&consumer, &mut out)? && done(out.last().expect("just read")) {
-            break;
-        }
-    }
-    Ok(out)
-}
-
 /// What a `read_committed` consumer can read of `topic` now: the last stable offset of each
 /// partition is taken first, then every record below it is read (records committed later are
 /// not included, however soon).

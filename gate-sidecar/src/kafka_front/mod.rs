@@ -186,12 +186,9 @@ enum Target {
     Node(i32),
 }
 
-impl Shared {
-    fn lock_transactions(&self) -> std::sync::MutexGuard<'_, transactions::OpenTransactions> {
-        self.transactions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
+/// Locks `m`, also after a panic elsewhere: the maps it guards stay consistent between calls.
+fn unpoisoned<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 struct Shared {
@@ -399,7 +396,7 @@ async fn transaction(
                 return Ok(raw);
             };
             match req.transactional_id {
-                Some(id) if resp.error_code == 0 => shared.lock_transactions().initialized(
+                Some(id) if resp.error_code == 0 => unpoisoned(&shared.transactions).initialized(
                     id.0.as_str(),
                     u64::try_from(req.transaction_timeout_ms).unwrap_or(0),
                     (resp.producer_id.0, resp.producer_epoch),
@@ -433,8 +430,7 @@ async fn transaction(
                     outcome,
                     "Kafka front: transaction ended"
                 );
-                shared
-                    .lock_transactions()
+                unpoisoned(&shared.transactions)
                     .ended(producer, now)
                     .into_iter()
                     .collect()
@@ -470,7 +466,7 @@ async fn expire_transactions(shared: Arc<Shared>) {
             () = shared.stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let expired = shared.lock_transactions().expired(shared.gate.now_ms());
+        let expired = unpoisoned(&shared.transactions).expired(shared.gate.now_ms());
         for l in &expired {
             tracing::warn!(
                 transactional_id = l.transactional_id.as_deref().unwrap_or("(not seen)"),

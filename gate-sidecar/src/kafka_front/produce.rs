@@ -221,10 +221,7 @@ impl Policy<'_> {
         let idempotent = pid >= 0 && base >= 0;
         // A retry of a batch already decided: send exactly what was admitted then.
         let mapped = if idempotent {
-            self.sequences
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .map(&key, base, count)
+            super::unpoisoned(self.sequences).map(&key, base, count)
         } else {
             Mapped::New { base: -1 }
         };
@@ -261,7 +258,7 @@ impl Policy<'_> {
             }
             Mapped::New { base: up } => {
                 let transactional = first.transactional && pid >= 0;
-                if transactional && !self.lock_transactions().has_room((pid, epoch)) {
+                if transactional && !super::unpoisoned(self.transactions).has_room((pid, epoch)) {
                     return Err(Refusal::retriable(
                         "too many open transactions in this sluice sidecar; retry when some end",
                     ));
@@ -282,19 +279,18 @@ impl Policy<'_> {
                 {
                     // Before the records go upstream: the drain must not pass them until their
                     // transaction ends (see `transactions`).
-                    let floor =
-                        self.lock_transactions()
-                            .admitted((pid, epoch), least, self.gate.now_ms());
+                    let floor = super::unpoisoned(self.transactions).admitted(
+                        (pid, epoch),
+                        least,
+                        self.gate.now_ms(),
+                    );
                     self.gate
                         .lock()
                         .tracker
                         .set_floor(&floor_key((pid, epoch)), floor);
                 }
                 if idempotent {
-                    self.sequences
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .commit(&key, base, count, admitted.clone());
+                    super::unpoisoned(self.sequences).commit(&key, base, count, admitted.clone());
                 }
                 (up, admitted, late)
             }
@@ -305,12 +301,6 @@ impl Policy<'_> {
         let dropped = admitted.len() < set.records.len();
         let batch = rebuild(&set, &admitted, up_base)?;
         Ok((Some((batch, dropped)), admitted.len() as u64, late))
-    }
-
-    fn lock_transactions(&self) -> std::sync::MutexGuard<'_, OpenTransactions> {
-        self.transactions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A flushing sink (AT_LEAST_ONCE, EXACTLY_ONCE) has sent every non-late record below a
@@ -440,16 +430,15 @@ impl Policy<'_> {
         for ((topic, index), admitted, late) in &decided.delivered {
             let code = response.map_or(0, |r| partition_error(r, topic, *index));
             let ok = code == 0;
-            if !ok {
+            if ok {
+                state.counters.on_acked(*admitted, *late);
+            } else {
                 tracing::debug!(
                     topic,
                     partition = index,
                     error_code = code,
                     "Kafka front: upstream refused a partition"
                 );
-            }
-            if ok {
-                state.counters.on_acked(*admitted, *late);
             }
             if let Some(ch) = self.channels.get(&(topic.clone(), *index)) {
                 if ok && let Some(wm) = self.watermarks.of(ch.max_ts) {
