@@ -119,6 +119,9 @@ pub struct SimConfig {
     /// and given to every channel of the deployment's gates. A checkpoint completes once every
     /// record its channels sent before it was triggered is decided (the sink's flush waits for
     /// the front's acknowledgements). Restores are not modeled (the sim's clients re-send).
+    /// A watermark that did not move touches no channel (stalled jobs' channels go idle); the
+    /// sidecar makes it a floor of its gate watermark, so in this mode a record lost with an
+    /// idle channel is a failure, not excused as [`SimReport::idle_lost`].
     pub rest_drain: bool,
     /// With [`SimConfig::rest_drain`]: the jobs' sinks are exactly-once (issue 11). What a
     /// channel's gate admits goes into that channel's open transaction; a checkpoint's trigger
@@ -132,6 +135,12 @@ pub struct SimConfig {
     /// With [`SimConfig::exactly_once`]: sidecars without floors (the drain follows the
     /// checkpoint, not the commit). Breaks the drain check.
     pub no_floors: bool,
+    /// With [`SimConfig::rest_drain`]: sidecars that do not make the confirmed watermark a
+    /// floor of the gate watermark, so a job stalled past the idle timeout with records in its
+    /// buffers leaves a gate of idle channels that counts as drained. Breaks the drain check
+    /// (in this mode idle channels are no excuse for a loss: the confirmed watermark covers
+    /// them).
+    pub no_rest_floor: bool,
 }
 
 /// The slowest commit after its checkpoint completed, in the exactly-once model.
@@ -148,6 +157,7 @@ struct SimTxn {
 }
 
 /// The REST drain's model (see [`SimConfig::rest_drain`]).
+const REST_FLOOR: &str = "flink-rest";
 const REST_POLL_MS: u64 = 200;
 const REST_CHECKPOINT_MS: u64 = 1_000;
 /// The most a REST watermark read is behind (Flink's metric fetcher).
@@ -184,6 +194,7 @@ impl Default for SimConfig {
             rest_drain: false,
             exactly_once: false,
             no_floors: false,
+            no_rest_floor: false,
         }
     }
 }
@@ -485,6 +496,8 @@ struct Gate {
     bad_restored: BTreeMap<String, u64>,
     /// Bad connections made so far (for unique ids).
     bad_made: u32,
+    /// The REST drain's floor this incarnation set: the confirmed watermark it last pushed.
+    rest_floor: Option<EventTime>,
 }
 
 /// One gRPC `Attach` stream.
@@ -940,6 +953,7 @@ impl<'a> Sim<'a> {
                     bad_open: BTreeMap::new(),
                     bad_restored: BTreeMap::new(),
                     bad_made: 0,
+                    rest_floor: None,
                 };
                 for slot in 0..nch {
                     let end = match rng.random_range(0..5) {
@@ -2178,6 +2192,7 @@ impl<'a> Sim<'a> {
             gate.core.set_future_horizon(Some(FUTURE_HORIZON_MS));
         }
         gate.tracker = WatermarkTracker::new(idle, expiry);
+        gate.rest_floor = None;
         for q in gate.queues.iter_mut() {
             *q = ChannelQueue::new(limit);
         }
@@ -2372,11 +2387,25 @@ impl<'a> Sim<'a> {
             finished: false,
         });
         let Some(w) = confirmed else { return Ok(()) };
-        // Each sidecar gives it to every open Kafka channel of its gate.
-        for c in chans {
+        // Each sidecar gives it to every open Kafka channel of its gate when it moves (as the
+        // sidecar's watch does: an unchanged watermark touches no channel, so a stalled job's
+        // channels go idle) and makes it a floor of its gate watermark.
+        for &c in &chans {
             let ch = &self.chans[c];
-            if self.gates[ch.gate].alive && ch.attached && !ch.closed {
+            if self.gates[ch.gate].alive
+                && ch.attached
+                && !ch.closed
+                && ch.wm_at_gate.is_none_or(|m| m < w)
+            {
                 self.chan_watermark(c, w);
+            }
+        }
+        if !self.cfg.no_rest_floor {
+            for gate in self.gates.iter_mut().filter(|g| g.dep == dep && g.alive) {
+                if gate.rest_floor.is_none_or(|f| f < w) {
+                    gate.tracker.set_floor(REST_FLOOR, w);
+                    gate.rest_floor = Some(w);
+                }
             }
         }
         Ok(())
@@ -2499,6 +2528,14 @@ impl<'a> Sim<'a> {
                     });
                 }
             }
+        }
+        // The REST drain: the confirmed watermark is a floor too.
+        if let Some(floor) = self.gates[g].rest_floor {
+            tracked += 1;
+            wm = Some(match wm {
+                None => Some(floor),
+                Some(m) => m.map(|m| m.min(floor)),
+            });
         }
         let expected = (tracked, idle, wm.flatten());
         if (clock.channels, clock.idle_channels, clock.watermark) != expected {
@@ -2971,7 +3008,14 @@ impl<'a> Sim<'a> {
             // record: it never got it (torn down) or its channel was idle when it handed over.
             if late_dropped && (owner_dec.is_none() || idle_at_handover) {
                 self.missing_late += 1;
-            } else if idle_at_handover && torn && owner_dec.is_none() && !self.cfg.strict_idle {
+            } else if idle_at_handover
+                && torn
+                && owner_dec.is_none()
+                && !self.cfg.strict_idle
+                && !self.cfg.rest_drain
+            {
+                // (With the REST drain idle channels are no excuse: the confirmed watermark
+                // covers what they hold.)
                 self.idle_lost += 1;
             } else {
                 let why = format!(

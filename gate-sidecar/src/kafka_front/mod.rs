@@ -237,8 +237,18 @@ pub async fn serve(
     accept(listener, Target::Bootstrap, shared).await;
 }
 
+/// The floor key of the checkpoint-confirmed watermark (see [`push_flushed`]).
+pub const FLINK_REST_FLOOR: &str = "flink-rest";
+
 /// A confirmed watermark holds for every channel of the front, also those with nothing to
 /// send: it is given to each as it comes (channels opened later get it when they first settle).
+///
+/// It is also a floor of the gate watermark. A job stalled longer than the idle timeout (a
+/// frozen TaskManager, backpressure, a long GC) sends nothing, so every channel of the front
+/// goes idle — and a gate whose channels are all idle counts as owing nothing, although the
+/// job still holds records below the barrier in its buffers. The confirmed watermark is what
+/// covers those; as a floor (a live channel that is never idle) it keeps the drain waiting for
+/// the checkpoint that confirms them, stalled or not.
 async fn push_flushed(
     mut rx: tokio::sync::watch::Receiver<Option<sluice_core::EventTime>>,
     shared: Arc<Shared>,
@@ -262,6 +272,7 @@ async fn push_flushed(
         for id in ids {
             state.tracker.on_watermark(&id, wm, now);
         }
+        state.tracker.set_floor(FLINK_REST_FLOOR, wm);
     }
 }
 

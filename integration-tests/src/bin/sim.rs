@@ -65,6 +65,11 @@ struct Args {
     /// fails).
     #[arg(long)]
     no_floors: bool,
+    /// With --rest-drain: sidecars that do not make the confirmed watermark a floor of the gate
+    /// watermark (a job stalled past the idle timeout then counts as drained; the drain check
+    /// fails).
+    #[arg(long)]
+    no_rest_floor: bool,
     /// Worker threads for a range of seeds.
     #[arg(long, default_value_t = 2)]
     jobs: usize,
@@ -85,6 +90,7 @@ fn main() -> ExitCode {
         rest_drain: args.rest_drain || args.exactly_once,
         exactly_once: args.exactly_once,
         no_floors: args.no_floors,
+        no_rest_floor: args.no_rest_floor,
         ..SimConfig::default()
     };
     if let Some(seed) = args.seed {
