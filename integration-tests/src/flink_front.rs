@@ -92,6 +92,10 @@ pub struct FrontConfig {
     pub exactly_once: bool,
     /// Blue's sidecar holds every `EndTxn` this long (fault injection: a slow commit).
     pub blue_end_txn_delay: Option<Duration>,
+    /// Freeze blue's Flink process (`SIGSTOP`, then `SIGCONT`) this long once the cutover is
+    /// prepared or committed (the drain running): a stalled job (a frozen TaskManager, a long GC) holding records below `T`,
+    /// longer than the sidecars' 5 s idle timeout.
+    pub freeze_blue: Option<Duration>,
 }
 
 impl FrontConfig {
@@ -118,6 +122,7 @@ impl FrontConfig {
             blue_unflushed: None,
             exactly_once: false,
             blue_end_txn_delay: None,
+            freeze_blue: None,
         }
     }
 }
@@ -316,6 +321,19 @@ async fn blue_in_production(coordinator: u16, not_before_ms: u64) -> Result<()> 
     }
 }
 
+/// Sends `SIGname` to a process (`kill -s name`).
+fn signal(p: &Proc, name: &str) -> Result<()> {
+    let status = std::process::Command::new("kill")
+        .args(["-s", name, &p.id().to_string()])
+        .status()?;
+    ensure!(
+        status.success(),
+        "kill -s {name} {} failed: {status}",
+        p.id()
+    );
+    Ok(())
+}
+
 /// Runs the scenario and counts the topic.
 pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
     let started = Instant::now();
@@ -408,10 +426,35 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
     .await
     .context("StartCutover failed")?;
     let deadline = Instant::now() + Duration::from_secs(120);
+    let mut freeze = cfg.freeze_blue;
     let status = loop {
         let s = harness::pipeline_status(coordinator.port, PIPELINE).await?;
         if s.phase() == Phase::Completed {
             break s;
+        }
+        if let Some(frozen) = freeze
+            && matches!(s.phase(), Phase::Prepared | Phase::Committed)
+        {
+            freeze = None;
+            signal(&blue_job, "STOP")?;
+            eprintln!(
+                "blue's Flink frozen for {frozen:?} (cutover prepared, T = {:?})",
+                s.barrier_ms
+            );
+            let until = Instant::now() + frozen;
+            while Instant::now() < until {
+                let s = harness::pipeline_status(coordinator.port, PIPELINE).await?;
+                if s.phase() == Phase::Completed {
+                    signal(&blue_job, "CONT")?;
+                    bail!(
+                        "the cutover completed while blue's job was frozen: its gates' channels \
+                         were idle, but its buffers held records below T"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            signal(&blue_job, "CONT")?;
+            eprintln!("blue's Flink resumed");
         }
         ensure!(
             s.phase() != Phase::Aborted && Instant::now() < deadline,

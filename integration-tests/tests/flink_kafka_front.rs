@@ -114,6 +114,18 @@ async fn an_exactly_once_drain_waits_for_blue_s_slow_commits() {
     .await;
 }
 
+/// Blue's Flink process frozen (`SIGSTOP`) 12 s once the cutover is prepared, longer than the
+/// sidecars' 5 s idle timeout: every channel of blue's front goes idle while its job holds
+/// records below T. The drain must wait for the checkpoint that confirms them (the confirmed
+/// watermark is a floor of the gate watermark), not count blue's idle gate as drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_drain_waits_for_a_frozen_job() {
+    scenario_with(SinkKind::DataStream, DrainKind::FlinkRest, |cfg| {
+        cfg.freeze_blue = Some(Duration::from_secs(12));
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flink_kafka_sink_survives_a_sidecar_kill_with_only_the_predicted_duplicates() {
     scenario_with(SinkKind::DataStream, DrainKind::FlinkRest, |cfg| {
