@@ -38,6 +38,12 @@ scripts/kafka-java.sh >/dev/null
 step "Apache Kafka (Maven)"
 scripts/kafka-broker.sh >/dev/null
 
+# A real Kubernetes API server and etcd (built from the Go module proxy, ~5 min the first
+# time), for the webhook registered for real.
+step "kube-apiserver and etcd (Go module proxy)"
+SLUICE_KUBE_BIN=$(scripts/kube-apiserver.sh)
+export SLUICE_KUBE_BIN
+
 step "format and lints"
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
 cargo fmt --all -- --check

@@ -31,6 +31,7 @@ pub const IMAGE: &str = "registry.example.com/sluice/gate-sidecar:0.1.0";
 
 /// A CA and a server certificate it signed, in PEM.
 pub struct TestPki {
+    pub ca_pem: String,
     pub ca_der: CertificateDer<'static>,
     pub cert_pem: String,
     pub key_pem: String,
@@ -40,6 +41,11 @@ pub struct TestPki {
 impl TestPki {
     /// A new CA named `ca_name` and a server certificate for [`SERVER_NAME`].
     pub fn new(ca_name: &str) -> Self {
+        Self::for_names(ca_name, &[SERVER_NAME, "sluice-coordinator"])
+    }
+
+    /// A new CA named `ca_name` and a server certificate for `names` (DNS names or IPs).
+    pub fn for_names(ca_name: &str, names: &[&str]) -> Self {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params
@@ -48,14 +54,14 @@ impl TestPki {
         ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
         let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(vec![SERVER_NAME.to_owned(), "sluice-coordinator".into()])
-                .unwrap();
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = CertificateParams::new(names.clone()).unwrap();
         params
             .distinguished_name
-            .push(DnType::CommonName, SERVER_NAME);
+            .push(DnType::CommonName, names[0].as_str());
         let cert = params.signed_by(&key, &ca).unwrap();
         Self {
+            ca_pem: ca.pem(),
             ca_der: ca.der().clone(),
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
