@@ -10,7 +10,10 @@ use serde_json::{Value, json};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::common::{Client, Exchange, IMAGE, TestPki, TestServer, fixture, metric};
+use crate::common::{
+    CA_CONFIGMAP, Client, Exchange, IMAGE, SIDECAR_COORDINATOR, TestPki, TestServer, fixture,
+    metric,
+};
 
 struct Setup {
     _dir: tempfile::TempDir,
@@ -18,27 +21,11 @@ struct Setup {
     client: Client,
 }
 
-/// The sidecars' view of the coordinator, as in manifests/base: gRPC over TLS, the CA from a
-/// ConfigMap in the pod's namespace.
-const SIDECAR_COORDINATOR: &str = "https://sluice-coordinator.sluice.svc:7070";
-const CA_CONFIGMAP: &str = "sluice-ca";
-
 async fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new("sluice test CA");
     let (cert, key) = pki.write(dir.path());
-    let server = TestServer::start(
-        dir.path(),
-        &cert,
-        &key,
-        &[
-            "--sidecar-coordinator",
-            SIDECAR_COORDINATOR,
-            "--sidecar-ca-configmap",
-            CA_CONFIGMAP,
-        ],
-    )
-    .await;
+    let server = TestServer::start_injecting(dir.path(), &cert, &key).await;
     let client = Client::new(server.webhook, &[&pki.ca_der]);
     Setup {
         _dir: dir,

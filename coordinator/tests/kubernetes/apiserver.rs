@@ -12,10 +12,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use bytes::Bytes;
-use http::{Request, StatusCode, header};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http::StatusCode;
 use k8s_openapi::api::core::v1::Pod;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -24,7 +21,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::common::{TestPki, TestServer};
+use crate::common::{TestPki, TestServer, send_with};
 
 /// How long the API server may take to start, or to pick up a new webhook configuration.
 const START: Duration = Duration::from_secs(60);
@@ -200,31 +197,9 @@ impl ApiServer {
             .connect(name, tcp)
             .await
             .map_err(|e| format!("TLS: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
         let bytes = body.map_or_else(Vec::new, |b| serde_json::to_vec(b).unwrap());
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::HOST, self.addr.to_string())
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "application/json")
-            .body(Full::new(Bytes::from(bytes)))
-            .unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
-            .await
-            .map_err(|_| "no answer in 30 s".to_owned())?
-            .map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
+        let host = self.addr.to_string();
+        let (status, body) = send_with(tls, method, path, bytes, &host, Some(&self.token)).await?;
         let value = serde_json::from_slice(&body)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()));
         Ok((status, value))
@@ -313,18 +288,7 @@ async fn the_api_server_calls_the_webhook_and_stores_taskmanagers_with_the_gate(
     // The API server reaches the webhook by URL: the certificate names 127.0.0.1.
     let pki = TestPki::for_names("sluice webhook CA", &["127.0.0.1"]);
     let (cert, key) = pki.write(dir.path());
-    let server = TestServer::start(
-        dir.path(),
-        &cert,
-        &key,
-        &[
-            "--sidecar-coordinator",
-            "https://sluice-coordinator.sluice.svc:7070",
-            "--sidecar-ca-configmap",
-            "sluice-ca",
-        ],
-    )
-    .await;
+    let server = TestServer::start_injecting(dir.path(), &cert, &key).await;
     kube.create("/api/v1/namespaces", &namespace("flink", true))
         .await;
     kube.create("/api/v1/namespaces", &namespace("plain", false))

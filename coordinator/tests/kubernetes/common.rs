@@ -26,6 +26,10 @@ use tokio_rustls::TlsConnector;
 pub const WAIT: Duration = Duration::from_secs(10);
 /// The name the API server uses to reach the webhook (`<service>.<namespace>.svc`).
 pub const SERVER_NAME: &str = "sluice-coordinator.sluice.svc";
+/// The sidecars' view of the coordinator, as in manifests/base: gRPC over TLS.
+pub const SIDECAR_COORDINATOR: &str = "https://sluice-coordinator.sluice.svc:7070";
+/// The ConfigMap (in the pod's namespace) the injected sidecar reads the CA from.
+pub const CA_CONFIGMAP: &str = "sluice-ca";
 /// The sidecar image the test coordinator injects.
 pub const IMAGE: &str = "registry.example.com/sluice/gate-sidecar:0.1.0";
 
@@ -142,6 +146,18 @@ impl TestServer {
         }
     }
 
+    /// [`TestServer::start`] with the sidecars' view of the coordinator as in manifests/base:
+    /// [`SIDECAR_COORDINATOR`] over TLS, the CA from ConfigMap [`CA_CONFIGMAP`].
+    pub async fn start_injecting(dir: &Path, cert: &Path, key: &Path) -> Self {
+        let flags = [
+            "--sidecar-coordinator",
+            SIDECAR_COORDINATOR,
+            "--sidecar-ca-configmap",
+            CA_CONFIGMAP,
+        ];
+        Self::start(dir, cert, key, &flags).await
+    }
+
     /// Shuts the coordinator down and returns what `serve_with` returned.
     pub async fn stop(mut self) -> Result<(), sluice_coordinator::Error> {
         let _ = self.shutdown.take().unwrap().send(());
@@ -238,7 +254,7 @@ impl Client {
     }
 }
 
-/// One HTTP/1.1 request over `io`.
+/// One HTTP/1.1 request over `io`, to [`SERVER_NAME`].
 pub async fn send<IO>(
     io: IO,
     method: &str,
@@ -248,18 +264,35 @@ pub async fn send<IO>(
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    send_with(io, method, path, body, SERVER_NAME, None).await
+}
+
+/// One HTTP/1.1 JSON request over `io` to `host`, with a bearer token if given.
+pub async fn send_with<IO>(
+    io: IO,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+    host: &str,
+    bearer: Option<&str>,
+) -> Result<(StatusCode, Bytes), String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(method)
         .uri(path)
-        .header(header::HOST, SERVER_NAME)
+        .header(header::HOST, host)
         .header(header::CONTENT_TYPE, "application/json")
-        .header(header::ACCEPT, "application/json, */*")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
+        .header(header::ACCEPT, "application/json, */*");
+    if let Some(token) = bearer {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let req = req.body(Full::new(Bytes::from(body))).unwrap();
     let resp = tokio::time::timeout(WAIT, sender.send_request(req))
         .await
         .map_err(|_| "no response in time".to_owned())?
