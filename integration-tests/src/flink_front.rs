@@ -542,6 +542,18 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
                 Duration::from_secs(3),
                 Duration::from_secs(60),
             )
+            .or_else(|e| {
+                // Short: read what there is, so the count says which records are missing.
+                eprintln!("{e:#}; counting what the topic holds");
+                kafka::read_topic(
+                    &bootstrap,
+                    TOPIC,
+                    PARTITIONS,
+                    0,
+                    Duration::from_secs(3),
+                    Duration::from_secs(60),
+                )
+            })
         }
     })
     .await??;
@@ -705,11 +717,23 @@ fn count(
     r.missing = r.records - r.unique;
     r.out_of_order = order.out_of_order;
     if r.missing > 0 {
-        let first: Vec<u64> = (0..r.records)
-            .filter(|i| !seen.contains_key(i))
-            .take(5)
+        let missing: Vec<u64> = (0..r.records).filter(|i| !seen.contains_key(i)).collect();
+        let at = |i: u64| expected[i as usize].event_time_ms - barrier;
+        let blue_s = missing.iter().filter(|&&i| at(i) < 0).count();
+        let first: Vec<String> = missing
+            .iter()
+            .take(8)
+            .map(|&i| format!("{i} ({}: T{:+} ms)", expected[i as usize].key, at(i)))
             .collect();
-        problem(&mut r, format!("missing, first: {first:?}"));
+        problem(
+            &mut r,
+            format!(
+                "{} missing: {blue_s} below T (blue's), {} at or above T (green's); first: {}",
+                missing.len(),
+                missing.len() - blue_s,
+                first.join(", ")
+            ),
+        );
     }
     Ok(r)
 }
