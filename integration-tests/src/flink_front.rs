@@ -93,8 +93,8 @@ pub struct FrontConfig {
     /// Blue's sidecar holds every `EndTxn` this long (fault injection: a slow commit).
     pub blue_end_txn_delay: Option<Duration>,
     /// Freeze blue's Flink process (`SIGSTOP`, then `SIGCONT`) this long once the cutover is
-    /// prepared or committed (the drain running): a stalled job (a frozen TaskManager, a long GC) holding records below `T`,
-    /// longer than the sidecars' 5 s idle timeout.
+    /// prepared or committed (the drain running): a stalled job (a frozen TaskManager, a long
+    /// GC) holding records below `T`, longer than the sidecars' 5 s idle timeout.
     pub freeze_blue: Option<Duration>,
 }
 
@@ -438,7 +438,8 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
             freeze = None;
             signal(&blue_job, "STOP")?;
             eprintln!(
-                "blue's Flink frozen for {frozen:?} (cutover prepared, T = {:?})",
+                "blue's Flink frozen for {frozen:?} (cutover {:?}, T = {:?})",
+                s.phase(),
                 s.barrier_ms
             );
             let until = Instant::now() + frozen;
@@ -532,27 +533,16 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
         let n = cfg.sequence.records as usize;
         let unflushed = cfg.blue_unflushed.is_some();
         move || {
-            kafka::read_topic(
-                &bootstrap,
-                TOPIC,
-                PARTITIONS,
-                // A sink that does not flush may lose records at the cutover (that drain is
-                // approximate, and said so): read what there is.
-                if unflushed { 0 } else { n },
-                Duration::from_secs(3),
-                Duration::from_secs(60),
-            )
-            .or_else(|e| {
-                // Short: read what there is, so the count says which records are missing.
+            let read = |expected| {
+                let (quiet, within) = (Duration::from_secs(3), Duration::from_secs(60));
+                kafka::read_topic(&bootstrap, TOPIC, PARTITIONS, expected, quiet, within)
+            };
+            // A sink that does not flush may lose records at the cutover (that drain is
+            // approximate, and said so): read what there is. Short otherwise: read what there
+            // is too, so the count says which records are missing.
+            read(if unflushed { 0 } else { n }).or_else(|e| {
                 eprintln!("{e:#}; counting what the topic holds");
-                kafka::read_topic(
-                    &bootstrap,
-                    TOPIC,
-                    PARTITIONS,
-                    0,
-                    Duration::from_secs(3),
-                    Duration::from_secs(60),
-                )
+                read(0)
             })
         }
     })

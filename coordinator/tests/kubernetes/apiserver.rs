@@ -80,7 +80,14 @@ impl ApiServer {
             .tempdir()
             .unwrap();
         let d = dir.path();
-        let log = |name: &str| std::fs::File::create(d.join(name)).unwrap();
+        // stdout and stderr into one file through one open file (two opens would overwrite
+        // each other from offset 0).
+        let log = |name: &str| {
+            let f = std::fs::File::create(d.join(name)).unwrap();
+            (f.try_clone().unwrap(), f)
+        };
+        let (etcd_out, etcd_err) = log("etcd.log");
+        let (api_out, api_err) = log("kube-apiserver.log");
         let (etcd_port, peer_port, api_port) = (free_port(), free_port(), free_port());
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
@@ -96,8 +103,8 @@ impl ApiServer {
                 "--unsafe-no-fsync".into(),
                 "--log-level=warn".into(),
             ])
-            .stdout(log("etcd.log"))
-            .stderr(log("etcd.log"))
+            .stdout(etcd_out)
+            .stderr(etcd_err)
             .spawn()
             .expect("etcd"));
         // The service-account key the API server insists on (nothing here uses it). RSA with
@@ -133,25 +140,27 @@ impl ApiServer {
                 "--disable-admission-plugins=ServiceAccount".into(),
                 format!("--token-auth-file={}", d.join("tokens.csv").display()),
             ])
-            .stdout(log("kube-apiserver.log"))
-            .stderr(log("kube-apiserver.log"))
+            .stdout(api_out)
+            .stderr(api_err)
             .spawn()
             .expect("kube-apiserver"));
         // The API server writes its self-signed serving certificate (and the CA that signed
-        // it) before it listens.
+        // it) before it listens; read it once it parses whole.
         let crt = d.join("certs/apiserver.crt");
         let deadline = Instant::now() + START;
-        while !crt.exists() {
+        let certs = loop {
+            let read: Option<Vec<CertificateDer>> = CertificateDer::pem_file_iter(&crt)
+                .ok()
+                .and_then(|certs| certs.collect::<Result<_, _>>().ok())
+                .filter(|certs: &Vec<_>| !certs.is_empty());
+            if let Some(certs) = read {
+                break certs;
+            }
             assert!(Instant::now() < deadline, "no {}", crt.display());
             assert!(api.0.try_wait().unwrap().is_none(), "kube-apiserver exited");
             tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        };
         let mut roots = RootCertStore::empty();
-        let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(&crt)
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
         roots.add_parsable_certificates(certs);
         let config =
             ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
