@@ -51,7 +51,8 @@ const JAVA_OPENS: &[&str] = &[
     "--add-opens=java.base/java.util.concurrent.locks=ALL-UNNAMED",
 ];
 
-pub(crate) const LOG4J: &str = "\
+/// A log4j2 configuration logging INFO to stdout (what `java_args` points the JVM at).
+pub const LOG4J: &str = "\
 rootLogger.level = INFO
 rootLogger.appenderRef.console.ref = Console
 appender.console.name = Console
@@ -168,7 +169,8 @@ pub fn java() -> PathBuf {
     )
 }
 
-pub(crate) fn java_path() -> Result<PathBuf> {
+/// The absolute path of `java`, or an error naming what is missing.
+pub fn java_path() -> Result<PathBuf> {
     let j = java();
     if j.is_absolute() {
         return Ok(j);

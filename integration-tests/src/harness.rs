@@ -102,7 +102,7 @@ impl Coordinator {
 }
 
 /// A real sidecar for `deployment` of `pipeline`, dialing the coordinator on `port`, with its
-/// socket at `dir/<deployment>.sock`, fast reconnects and progress, `extra` flags last (a later
+/// socket at `dir/<deployment>.sock` (unless `extra` names another), fast reconnects and progress, `extra` flags last (a later
 /// flag wins). Logs to `dir/<log_name>.log`. Returns the process and the socket path.
 pub fn start_sidecar(
     dir: &Path,
@@ -146,6 +146,12 @@ pub fn start_sidecar_logging_to(
     .map(String::from)
     .to_vec();
     args.extend(extra.iter().cloned());
+    // A `--socket` in `extra` wins (two sidecars of one deployment, as two pods).
+    let socket = extra
+        .iter()
+        .rposition(|a| a == "--socket")
+        .and_then(|i| extra.get(i + 1))
+        .map_or(socket, PathBuf::from);
     let proc = Proc::spawn(log.0, &binary("gate-sidecar")?, &args, log.1)?;
     wait_for_unix(&socket, Duration::from_secs(20))?;
     Ok((proc, socket))

@@ -141,7 +141,22 @@ pub struct SimConfig {
     /// (in this mode idle channels are no excuse for a loss: the confirmed watermark covers
     /// them).
     pub no_rest_floor: bool,
+    /// With [`SimConfig::exactly_once`]: half the commits (at random) come through another
+    /// sidecar (Flink's committer on another TaskManager), so the writer's gate never sees
+    /// them end; it learns it by asking the cluster (`DescribeTransactions`) every
+    /// [`ASK_INTERVAL_MS`] about its transactions open at least [`ASK_AFTER_MS`], and lifts
+    /// those the cluster says are committed (the front's rule).
+    pub foreign_commits: bool,
+    /// With [`SimConfig::foreign_commits`]: sidecars that take a pre-committed transaction
+    /// (closed by its checkpoint, flushed, not yet committed) for ended when they ask. Breaks
+    /// the drain check.
+    pub ask_lifts_early: bool,
 }
+
+/// How often a sidecar asks the cluster about its open transactions (the front's interval).
+pub const ASK_INTERVAL_MS: u64 = 500;
+/// A transaction is asked about once open this long.
+pub const ASK_AFTER_MS: u64 = 1_000;
 
 /// The slowest commit after its checkpoint completed, in the exactly-once model.
 const COMMIT_DELAY_MAX_MS: u64 = 3_000;
@@ -154,6 +169,13 @@ struct SimTxn {
     /// The trigger time of the checkpoint that closed it.
     closed_by: Option<u64>,
     committed: bool,
+    /// When the gate admitted its first record.
+    opened_at: u64,
+    /// Committed through another sidecar: its gate sees no `EndTxn` (see
+    /// [`SimConfig::foreign_commits`]).
+    foreign: bool,
+    /// Its floor was lifted (by an `EndTxn` seen, or the cluster's answer).
+    lifted: bool,
 }
 
 /// The REST drain's model (see [`SimConfig::rest_drain`]).
@@ -195,6 +217,8 @@ impl Default for SimConfig {
             exactly_once: false,
             no_floors: false,
             no_rest_floor: false,
+            foreign_commits: false,
+            ask_lifts_early: false,
         }
     }
 }
@@ -561,6 +585,10 @@ enum Ev {
     Commit {
         chan: usize,
         txn: u32,
+    },
+    /// Exactly-once with foreign commits: a gate asks the cluster about its open transactions.
+    AskCluster {
+        gate: usize,
     },
     BreakFault,
     Partition {
@@ -1110,6 +1138,12 @@ impl<'a> Sim<'a> {
             self.at(0, Ev::FlinkTick { dep: Dep::Blue });
             self.at(0, Ev::FlinkTick { dep: Dep::Green });
         }
+        if self.cfg.exactly_once && self.cfg.foreign_commits {
+            for gate in 0..self.gates.len() {
+                let phase = self.rng.random_range(0..ASK_INTERVAL_MS);
+                self.at(phase, Ev::AskCluster { gate });
+            }
+        }
         // Blue starts at once: its gates attach (and are auto-activated), its clients send.
         for g in 0..self.gates.len() {
             if self.gates[g].dep == Dep::Blue {
@@ -1360,14 +1394,54 @@ impl<'a> Sim<'a> {
             }
             Ev::CoordCrash => self.coord_crash(),
             Ev::Commit { chan, txn } => {
+                let mut seen_here = true;
                 if let Some(t) = self.txns.get_mut(&(chan, txn)) {
                     t.committed = true;
+                    seen_here = !t.foreign;
+                    t.lifted |= seen_here;
                 }
-                let g = self.chans[chan].gate;
-                self.gates[g]
-                    .tracker
-                    .lift_floor(&format!("txn/{chan}/{txn}"));
-                self.tr(|| format!("commit: channel {chan} transaction {txn}"));
+                if seen_here {
+                    let g = self.chans[chan].gate;
+                    self.gates[g]
+                        .tracker
+                        .lift_floor(&format!("txn/{chan}/{txn}"));
+                }
+                self.tr(|| {
+                    let via = if seen_here {
+                        ""
+                    } else {
+                        " (through another sidecar)"
+                    };
+                    format!("commit: channel {chan} transaction {txn}{via}")
+                });
+            }
+            Ev::AskCluster { gate } => {
+                self.after(ASK_INTERVAL_MS, Ev::AskCluster { gate });
+                let now = self.now;
+                let early = self.cfg.ask_lifts_early;
+                let over: Vec<(usize, u32)> = self
+                    .txns
+                    .iter()
+                    .filter(|((c, _), t)| {
+                        self.chans[*c].gate == gate
+                            && !t.lifted
+                            && !t.records.is_empty()
+                            && now.saturating_sub(t.opened_at) >= ASK_AFTER_MS
+                            && (t.committed || (early && t.closed_by.is_some()))
+                    })
+                    .map(|(k, _)| *k)
+                    .collect();
+                for (chan, txn) in over {
+                    if let Some(t) = self.txns.get_mut(&(chan, txn)) {
+                        t.lifted = true;
+                    }
+                    self.gates[gate]
+                        .tracker
+                        .lift_floor(&format!("txn/{chan}/{txn}"));
+                    self.tr(|| {
+                        format!("the cluster says channel {chan} transaction {txn} is over")
+                    });
+                }
             }
             Ev::FlinkTick { dep } => {
                 self.after(REST_POLL_MS, Ev::FlinkTick { dep });
@@ -2332,6 +2406,12 @@ impl<'a> Sim<'a> {
                 .collect();
             for (chan, txn) in closed {
                 let delay = self.rng.random_range(0..=COMMIT_DELAY_MAX_MS);
+                if self.cfg.foreign_commits
+                    && self.rng.random_bool(0.5)
+                    && let Some(t) = self.txns.get_mut(&(chan, txn))
+                {
+                    t.foreign = true;
+                }
                 self.after(delay, Ev::Commit { chan, txn });
             }
         }
@@ -2513,11 +2593,11 @@ impl<'a> Sim<'a> {
         if open - open_idle + restored > 0 {
             wm = Some(None);
         }
-        // Exactly-once: each uncommitted transaction the gate admitted records into is a floor,
-        // a live channel of its own whose watermark is its least event time.
+        // Exactly-once: each transaction the gate admitted records into and has not seen end
+        // is a floor, a live channel of its own whose watermark is its least event time.
         if self.cfg.exactly_once && !self.cfg.no_floors {
             for ((c, _), t) in &self.txns {
-                if self.chans[*c].gate != g || t.committed {
+                if self.chans[*c].gate != g || t.lifted {
                     continue;
                 }
                 if let Some(floor) = t.records.iter().map(|&(_, ts)| ts).min() {
@@ -2639,7 +2719,11 @@ impl<'a> Sim<'a> {
                 self.outputs[dep.idx()].push(r.id);
                 if self.cfg.exactly_once {
                     let n = *self.open_txn.entry(c).or_default();
+                    let now = self.now;
                     let t = self.txns.entry((c, n)).or_default();
+                    if t.records.is_empty() {
+                        t.opened_at = now;
+                    }
                     t.records.push((r.id, r.ts));
                     let floor = t.records.iter().map(|&(_, ts)| ts).min().unwrap_or(r.ts);
                     if !self.cfg.no_floors {

@@ -15,6 +15,7 @@
 //! - `sequences`: client sequences mapped to upstream sequences for idempotent producers.
 //! - `transactions`: transactions holding admitted records, each a floor of the gate's
 //!   watermark until it ends, so a drain completes only once its records are committed.
+//! - `ask`: asking the cluster about those whose end came through another sidecar.
 //! - `event_time`: a record's event time (`--event-time`).
 //! - `upstream`: connections to the real cluster (TLS, SASL), as the Kafka sink reaches it.
 //! - this module: the listeners and the per-connection loop.
@@ -31,6 +32,7 @@
 //! [`FrontWatermarks`].
 
 mod addresses;
+mod ask;
 mod bounds;
 mod event_time;
 mod frame;
@@ -76,6 +78,12 @@ const SEQUENCE_KEYS: usize = 100_000;
 const OPEN_TRANSACTIONS: usize = 10_000;
 /// How often transactions past their timeout are looked for.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the cluster is asked about open transactions (see `ask`).
+const ASK_INTERVAL: Duration = Duration::from_millis(500);
+/// A transaction is asked about once open this long, ms: most end through this front sooner.
+const ASK_AFTER_MS: u64 = 1_000;
+/// Transactions asked about per round (the longest open first).
+const ASK_LIMIT: usize = 200;
 
 /// What the front is configured with.
 #[derive(Debug, Clone)]
@@ -234,6 +242,7 @@ pub async fn serve(
         tokio::spawn(push_flushed(rx.clone(), shared.clone()));
     }
     tokio::spawn(expire_transactions(shared.clone()));
+    tokio::spawn(ask_about_transactions(shared.clone()));
     accept(listener, Target::Bootstrap, shared).await;
 }
 
@@ -493,6 +502,70 @@ async fn expire_transactions(shared: Arc<Shared>) {
     }
 }
 
+/// Open transactions whose end did not come through this front: the cluster is asked how they
+/// stand (`DescribeTransactions`), and those it says are over no longer hold the drain. Until
+/// it can be asked, a transaction holds it up to its timeout (`expire_transactions`).
+async fn ask_about_transactions(shared: Arc<Shared>) {
+    let mut asker = ask::Asker::new(
+        shared.settings.bootstrap.clone(),
+        shared.settings.security.clone(),
+    );
+    let mut tick = tokio::time::interval(ASK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = shared.stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let questions =
+            unpoisoned(&shared.transactions).to_ask(shared.gate.now_ms(), ASK_AFTER_MS, ASK_LIMIT);
+        if questions.is_empty() {
+            continue;
+        }
+        let mut ids: Vec<String> = questions
+            .iter()
+            .map(|q| q.transactional_id.clone())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        let answers = match asker.describe(&ids).await {
+            Ok(a) => a,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(
+                        error = %crate::describe(&e),
+                        "Kafka front: cannot ask the cluster how open transactions stand                          (retrying); one committed through another sidecar holds the drain                          until it can, or until its timeout"
+                    );
+                }
+                failing = true;
+                continue;
+            }
+        };
+        if std::mem::take(&mut failing) {
+            tracing::info!("Kafka front: the cluster answers questions about transactions again");
+        }
+        let now = shared.gate.now_ms();
+        let lifted: Vec<transactions::Lifted> = {
+            let mut open = unpoisoned(&shared.transactions);
+            questions
+                .iter()
+                .filter_map(|q| open.described(q, answers.get(&q.transactional_id)?, now))
+                .collect()
+        };
+        for l in &lifted {
+            tracing::debug!(
+                transactional_id = l.transactional_id.as_deref().unwrap_or(""),
+                producer_id = l.producer.0,
+                epoch = l.producer.1,
+                open_ms = l.open_ms,
+                "Kafka front: the cluster says a transaction ended (not through this front); it                  no longer holds the drain"
+            );
+        }
+        lift(&shared, &lifted);
+    }
+}
+
 /// Forwards `request` unchanged and returns the upstream answer.
 async fn forward(
     request: &Request,
@@ -573,20 +646,38 @@ async fn produce(
     let upstream_answer = match &decided.upstream {
         None => None,
         Some(req) => {
-            let frame = request.with_body("Produce request", req)?;
-            if acks == 0 {
-                send_only(upstream, target, shared, frame).await?;
-                None
-            } else {
-                let raw = exchange(upstream, target, shared, frame, timeout).await?;
-                let body = frame::response_body(request, raw).map_err(FrontError::Upstream)?;
-                let mut r: ProduceResponse =
-                    frame::decode_response(request, "Produce response", body)
-                        .map_err(FrontError::Upstream)?;
-                addresses::NamesBrokers::rewrite(&mut r, &shared.brokers)
-                    .await
-                    .map_err(FrontError::Bind)?;
-                Some(r)
+            let sent = async {
+                let frame = request.with_body("Produce request", req)?;
+                if acks == 0 {
+                    send_only(upstream, target, shared, frame).await?;
+                    Ok(None)
+                } else {
+                    exchange(upstream, target, shared, frame, timeout)
+                        .await
+                        .map(Some)
+                }
+            }
+            .await;
+            // Answered or not, the batches' transactions may be asked about again (see
+            // `transactions`); without an answer, only once the broker cannot append them any
+            // more.
+            unpoisoned(&shared.transactions).answered(
+                &decided.in_transactions,
+                matches!(sent, Ok(Some(_))),
+                shared.gate.now_ms(),
+            );
+            match sent? {
+                None => None,
+                Some(raw) => {
+                    let body = frame::response_body(request, raw).map_err(FrontError::Upstream)?;
+                    let mut r: ProduceResponse =
+                        frame::decode_response(request, "Produce response", body)
+                            .map_err(FrontError::Upstream)?;
+                    addresses::NamesBrokers::rewrite(&mut r, &shared.brokers)
+                        .await
+                        .map_err(FrontError::Bind)?;
+                    Some(r)
+                }
             }
         }
     };

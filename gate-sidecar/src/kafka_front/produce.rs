@@ -115,6 +115,10 @@ enum Outcome {
     Refused(Refusal),
 }
 
+/// A partition's batch to forward: the rebuilt batch, whether records were dropped from it, and
+/// the open transaction its records were admitted into.
+type Forward = (Bytes, bool, Option<super::transactions::Producer>);
+
 /// What the front needs to decide a request.
 pub struct Policy<'a> {
     /// The gate.
@@ -143,6 +147,9 @@ pub struct Decided {
     /// Per forwarded partition: its channel key and the admitted count, late count and the
     /// largest event time, for the counters and the watermark once upstream acknowledged.
     delivered: Vec<((String, i32), u64, u64)>,
+    /// The open transactions records were admitted into, one entry per forwarded batch: their
+    /// answers are due (`OpenTransactions::answered`).
+    pub in_transactions: Vec<super::transactions::Producer>,
 }
 
 impl Policy<'_> {
@@ -152,17 +159,28 @@ impl Policy<'_> {
             Instant::now() + Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0));
         let mut outcomes = Vec::new();
         let mut delivered = Vec::new();
+        let transactional_id = request.transactional_id.as_ref().map(|t| t.0.to_string());
+        let mut in_transactions = Vec::new();
         for topic in &mut request.topic_data {
             let name = topic.name.0.to_string();
             let mut kept = Vec::new();
             for mut part in std::mem::take(&mut topic.partition_data) {
                 let index = part.index;
                 match self
-                    .partition(&name, index, part.records.take(), deadline)
+                    .partition(
+                        &name,
+                        index,
+                        part.records.take(),
+                        transactional_id.as_deref(),
+                        deadline,
+                    )
                     .await
                 {
                     Ok((Some(records), admitted, late)) => {
                         let dropped = records.1;
+                        if let Some(producer) = records.2 {
+                            in_transactions.push(producer);
+                        }
                         part.records = Some(records.0);
                         kept.push(part);
                         delivered.push(((name.clone(), index), admitted, late));
@@ -179,18 +197,21 @@ impl Policy<'_> {
             upstream: (!request.topic_data.is_empty()).then_some(request),
             outcomes,
             delivered,
+            in_transactions,
         }
     }
 
-    /// One partition: `Ok((Some((batch, some_dropped)), admitted, late))` to forward,
+    /// One partition: `Ok((Some((batch, some_dropped, transaction)), admitted, late))` to
+    /// forward (`transaction`: the open transaction records were just admitted into),
     /// `Ok((None, ..))` when nothing is left.
     async fn partition(
         &mut self,
         topic: &str,
         index: i32,
         records: Option<Bytes>,
+        transactional_id: Option<&str>,
         deadline: Instant,
-    ) -> Result<(Option<(Bytes, bool)>, u64, u64), Refusal> {
+    ) -> Result<(Option<Forward>, u64, u64), Refusal> {
         let Some(mut raw) = records else {
             return Err(Refusal::new(ResponseError::CorruptMessage, "no records"));
         };
@@ -236,6 +257,7 @@ impl Policy<'_> {
             ?mapped,
             "Kafka front: produce batch"
         );
+        let mut in_transaction = None;
         let (up_base, admitted, late) = match mapped {
             Mapped::Retry { base, admitted } => (base, admitted, 0),
             Mapped::Unknown => {
@@ -281,9 +303,11 @@ impl Policy<'_> {
                     // transaction ends (see `transactions`).
                     let floor = super::unpoisoned(self.transactions).admitted(
                         (pid, epoch),
+                        transactional_id,
                         least,
                         self.gate.now_ms(),
                     );
+                    in_transaction = Some((pid, epoch));
                     self.gate
                         .lock()
                         .tracker
@@ -299,8 +323,17 @@ impl Policy<'_> {
             return Ok((None, 0, 0));
         }
         let dropped = admitted.len() < set.records.len();
-        let batch = rebuild(&set, &admitted, up_base)?;
-        Ok((Some((batch, dropped)), admitted.len() as u64, late))
+        let batch = rebuild(&set, &admitted, up_base).inspect_err(|_| {
+            if let Some(p) = in_transaction {
+                // Not forwarded after all: nothing of it is due.
+                super::unpoisoned(self.transactions).answered(&[p], true, self.gate.now_ms());
+            }
+        })?;
+        Ok((
+            Some((batch, dropped, in_transaction)),
+            admitted.len() as u64,
+            late,
+        ))
     }
 
     /// A flushing sink (AT_LEAST_ONCE, EXACTLY_ONCE) has sent every non-late record below a

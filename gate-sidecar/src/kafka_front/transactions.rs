@@ -12,11 +12,17 @@
 //!   refused because the producer was fenced (the transaction is aborted);
 //! - an `InitProducerId` through this front gives its transactional id a new producer id or
 //!   epoch (the coordinator completes or aborts the old transaction before it answers);
-//! - its transaction timeout passed since it opened (the broker has aborted it by then; also
-//!   what bounds the wait when the commit went through another sidecar, which Flink's committer
-//!   on another TaskManager can do). The timeout is the one the producer asked for in
-//!   `InitProducerId`, or [`DEFAULT_TIMEOUT_MS`] (the broker's default maximum) if the front
-//!   did not see it.
+//! - the cluster says it is over (`DescribeTransactions`, asked by `described`): how a commit
+//!   through another sidecar is seen — Flink's committer resumes a writer's transaction with its
+//!   producer id and epoch on whichever TaskManager holds the committable, and after a restore
+//!   with a producer id this front never saw. The cluster is asked only about a transaction
+//!   whose every admitted batch was answered before the question was sent (so the answer
+//!   counts those batches), and a "complete" answer lifts it only if nothing was admitted into
+//!   it since the question; see [`over`] for what counts as over;
+//! - its transaction timeout passed since it opened (the broker has aborted it by then; the
+//!   last resort when the cluster cannot be asked). The timeout is the one the producer asked
+//!   for in `InitProducerId`, or [`DEFAULT_TIMEOUT_MS`] (the broker's default maximum) if the
+//!   front did not see it.
 //!
 //! Pure state: no clock (times are passed in), no I/O. Bounded: at most `limit` open
 //! transactions (a batch that would open one more is refused, retriable) and `limit` remembered
@@ -40,12 +46,72 @@ pub fn floor_key((pid, epoch): Producer) -> String {
     format!("kafka-txn/{pid}/{epoch}")
 }
 
+/// How long after a produce whose answer was lost (the upstream connection failed with it in
+/// flight) the broker may still append it: no question about its transaction before then.
+const UNSURE_MS: u64 = 35_000;
+
 #[derive(Debug, Clone)]
 struct Open {
     floor: EventTime,
     opened_ms: u64,
     timeout_ms: u64,
     transactional_id: Option<String>,
+    /// Batches admitted into it and forwarded, not yet answered by the broker.
+    in_flight: u32,
+    /// Bumped at every admission: an answer to a question asked before one is stale.
+    generation: u64,
+    /// No question before this (a batch's answer was lost).
+    ask_from_ms: u64,
+}
+
+/// A question for the cluster about one open transaction (see [`OpenTransactions::to_ask`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Question {
+    /// The producer session whose transaction it is.
+    pub producer: Producer,
+    /// Its transactional id, which `DescribeTransactions` takes.
+    pub transactional_id: String,
+    /// The transaction's generation when asked.
+    pub generation: u64,
+}
+
+/// What `DescribeTransactions` said of a transactional id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Described {
+    /// The answer's error code (0: the fields below hold).
+    pub error_code: i16,
+    /// `Empty`, `Ongoing`, `PrepareCommit`, `PrepareAbort`, `CompleteCommit`,
+    /// `CompleteAbort`, `Dead`, `PrepareEpochFence`.
+    pub state: String,
+    /// The id's current producer session.
+    pub producer: Producer,
+}
+
+/// `TRANSACTIONAL_ID_NOT_FOUND`: the cluster has no transaction for the id (it expired).
+const TRANSACTIONAL_ID_NOT_FOUND: i16 = 105;
+
+/// Whether `ours` is over by `answer`, asked after every batch admitted into it was answered:
+/// the id has moved on to another producer session (a new producer id, or a bumped epoch: the
+/// coordinator completed or aborted ours first), or our session's transaction is complete
+/// (committed: its markers are written, so read_committed sees it; aborted: never visible),
+/// or nothing is open (`Empty`: ended before; `Dead`, not found: expired). `Ongoing` and the
+/// `Prepare…` states are not over (a prepared commit's markers may not all be written).
+pub fn over(ours: Producer, answer: &Described) -> bool {
+    if answer.error_code == TRANSACTIONAL_ID_NOT_FOUND {
+        return true;
+    }
+    if answer.error_code != 0 {
+        return false;
+    }
+    let (pid, epoch) = answer.producer;
+    if pid != ours.0 || epoch > ours.1 {
+        return true;
+    }
+    epoch == ours.1
+        && matches!(
+            answer.state.as_str(),
+            "Empty" | "CompleteCommit" | "CompleteAbort" | "Dead"
+        )
 }
 
 /// Every open transaction the front admitted records into.
@@ -88,10 +154,22 @@ impl OpenTransactions {
     }
 
     /// Records with least event time `least` were admitted into `producer`'s transaction at
-    /// `now_ms`; returns the transaction's floor now.
-    pub fn admitted(&mut self, producer: Producer, least: EventTime, now_ms: u64) -> EventTime {
+    /// `now_ms` and are about to be forwarded (their answer is due: [`Self::answered`]);
+    /// `transactional_id` is the Produce request's. Returns the transaction's floor now.
+    pub fn admitted(
+        &mut self,
+        producer: Producer,
+        transactional_id: Option<&str>,
+        least: EventTime,
+        now_ms: u64,
+    ) -> EventTime {
         if let Some(t) = self.open.get_mut(&producer) {
             t.floor = t.floor.min(least);
+            t.in_flight += 1;
+            t.generation += 1;
+            if t.transactional_id.is_none() {
+                t.transactional_id = transactional_id.map(str::to_owned);
+            }
             return t.floor;
         }
         let session = self.sessions.get(&producer.0);
@@ -101,10 +179,73 @@ impl OpenTransactions {
                 floor: least,
                 opened_ms: now_ms,
                 timeout_ms: session.map_or(DEFAULT_TIMEOUT_MS, |s| s.1),
-                transactional_id: session.map(|s| s.0.clone()),
+                transactional_id: session
+                    .map(|s| s.0.clone())
+                    .or_else(|| transactional_id.map(str::to_owned)),
+                in_flight: 1,
+                generation: 1,
+                ask_from_ms: 0,
             },
         );
         least
+    }
+
+    /// The broker answered (`sure`) the batches admitted into these transactions, or their
+    /// answer was lost with the connection (the broker may append them later still).
+    pub fn answered(&mut self, producers: &[Producer], sure: bool, now_ms: u64) {
+        for p in producers {
+            if let Some(t) = self.open.get_mut(p) {
+                t.in_flight = t.in_flight.saturating_sub(1);
+                if !sure {
+                    t.ask_from_ms = t.ask_from_ms.max(now_ms.saturating_add(UNSURE_MS));
+                }
+            }
+        }
+    }
+
+    /// At most `limit` questions for the cluster at `now_ms`: transactions open at least
+    /// `min_age_ms` (most end through this front before that), with a known transactional id
+    /// and no batch in flight, the longest open first.
+    pub fn to_ask(&self, now_ms: u64, min_age_ms: u64, limit: usize) -> Vec<Question> {
+        let mut due: Vec<(&Producer, &Open)> = self
+            .open
+            .iter()
+            .filter(|(_, t)| {
+                t.in_flight == 0
+                    && t.transactional_id.is_some()
+                    && now_ms >= t.ask_from_ms
+                    && now_ms.saturating_sub(t.opened_ms) >= min_age_ms
+            })
+            .collect();
+        due.sort_by_key(|(_, t)| t.opened_ms);
+        due.into_iter()
+            .take(limit)
+            .filter_map(|(p, t)| {
+                Some(Question {
+                    producer: *p,
+                    transactional_id: t.transactional_id.clone()?,
+                    generation: t.generation,
+                })
+            })
+            .collect()
+    }
+
+    /// The cluster's `answer` to `question`: lifts the transaction if the answer says it is
+    /// [`over`] and nothing was admitted into it since the question was asked.
+    pub fn described(
+        &mut self,
+        question: &Question,
+        answer: &Described,
+        now_ms: u64,
+    ) -> Option<Lifted> {
+        let t = self.open.get(&question.producer)?;
+        if t.generation != question.generation || t.in_flight > 0 {
+            return None;
+        }
+        if !over(question.producer, answer) {
+            return None;
+        }
+        self.remove(question.producer, now_ms)
     }
 
     /// An `InitProducerId` for `transactional_id` (asking `timeout_ms`) was answered with
@@ -184,10 +325,14 @@ mod tests {
     #[test]
     fn a_floor_is_the_least_event_time_admitted_and_ends_with_the_transaction() {
         let mut t = OpenTransactions::new(10);
-        assert_eq!(t.admitted((7, 0), 500, 0), 500);
-        assert_eq!(t.admitted((7, 0), 800, 1), 500);
-        assert_eq!(t.admitted((7, 0), 300, 2), 300, "an older record lowers it");
-        assert_eq!(t.admitted((8, 0), 900, 2), 900);
+        assert_eq!(t.admitted((7, 0), None, 500, 0), 500);
+        assert_eq!(t.admitted((7, 0), None, 800, 1), 500);
+        assert_eq!(
+            t.admitted((7, 0), None, 300, 2),
+            300,
+            "an older record lowers it"
+        );
+        assert_eq!(t.admitted((8, 0), None, 900, 2), 900);
         assert_eq!(t.len(), 2);
         let l = t.ended((7, 0), 10).expect("open");
         assert_eq!((l.producer, l.open_ms), ((7, 0), 10));
@@ -199,8 +344,8 @@ mod tests {
     fn a_new_session_of_the_same_transactional_id_ends_the_old_one() {
         let mut t = OpenTransactions::new(10);
         assert!(t.initialized("job-0-1", 60_000, (7, 0), 0).is_empty());
-        t.admitted((7, 0), 100, 1);
-        t.admitted((9, 3), 100, 1);
+        t.admitted((7, 0), None, 100, 1);
+        t.admitted((9, 3), None, 100, 1);
         // The job restarted: the same id, a bumped epoch (the coordinator aborted epoch 0).
         let lifted = t.initialized("job-0-1", 60_000, (7, 1), 5);
         assert_eq!(lifted.len(), 1);
@@ -213,8 +358,8 @@ mod tests {
     fn a_transaction_whose_commit_the_front_never_sees_expires_after_its_timeout() {
         let mut t = OpenTransactions::new(10);
         t.initialized("a", 60_000, (1, 0), 0);
-        t.admitted((1, 0), 10, 1_000);
-        t.admitted((2, 0), 10, 1_000); // session unseen: the default timeout
+        t.admitted((1, 0), None, 10, 1_000);
+        t.admitted((2, 0), None, 10, 1_000); // session unseen: the default timeout
         assert!(t.expired(1_000 + 60_000).is_empty(), "the margin");
         let e = t.expired(1_000 + 65_000);
         assert_eq!(e.iter().map(|l| l.producer).collect::<Vec<_>>(), [(1, 0)]);
@@ -225,13 +370,106 @@ mod tests {
     #[test]
     fn bounded_open_transactions_refuse_and_sessions_forget_the_oldest() {
         let mut t = OpenTransactions::new(2);
-        t.admitted((1, 0), 1, 0);
-        t.admitted((2, 0), 1, 0);
+        t.admitted((1, 0), None, 1, 0);
+        t.admitted((2, 0), None, 1, 0);
         assert!(!t.has_room((3, 0)));
         assert!(t.has_room((1, 0)), "an open one still takes records");
         for pid in 10..20 {
             t.initialized(&format!("id-{pid}"), 1_000, (pid, 0), 0);
         }
         assert_eq!(t.sessions.len(), 2);
+    }
+
+    fn described(state: &str, producer: Producer) -> Described {
+        Described {
+            error_code: 0,
+            state: state.into(),
+            producer,
+        }
+    }
+
+    #[test]
+    fn what_counts_as_over() {
+        let ours = (7, 2);
+        for state in ["Empty", "CompleteCommit", "CompleteAbort", "Dead"] {
+            assert!(over(ours, &described(state, ours)), "{state}");
+        }
+        for state in [
+            "Ongoing",
+            "PrepareCommit",
+            "PrepareAbort",
+            "PrepareEpochFence",
+        ] {
+            assert!(!over(ours, &described(state, ours)), "{state}");
+        }
+        assert!(over(ours, &described("Ongoing", (7, 3))), "a bumped epoch");
+        assert!(
+            over(ours, &described("Ongoing", (8, 0))),
+            "another producer id"
+        );
+        assert!(
+            !over(ours, &described("CompleteCommit", (7, 1))),
+            "an older epoch"
+        );
+        let refused = |code| Described {
+            error_code: code,
+            ..described("", (-1, -1))
+        };
+        assert!(over(ours, &refused(TRANSACTIONAL_ID_NOT_FOUND)));
+        assert!(!over(ours, &refused(16)), "NOT_COORDINATOR: ask again");
+        assert!(!over(ours, &refused(14)), "COORDINATOR_LOAD_IN_PROGRESS");
+    }
+
+    #[test]
+    fn the_cluster_is_asked_only_about_answered_batches_and_a_stale_answer_lifts_nothing() {
+        let mut t = OpenTransactions::new(10);
+        t.admitted((7, 0), Some("job-0-3"), 100, 0);
+        t.admitted((8, 0), None, 100, 0); // no transactional id known: cannot be asked
+        assert!(t.to_ask(5_000, 1_000, 10).is_empty(), "in flight");
+        t.answered(&[(7, 0), (8, 0)], true, 10);
+        assert!(t.to_ask(500, 1_000, 10).is_empty(), "too young");
+        let asked = t.to_ask(5_000, 1_000, 10);
+        assert_eq!(
+            asked,
+            [Question {
+                producer: (7, 0),
+                transactional_id: "job-0-3".into(),
+                generation: 1
+            }]
+        );
+        // Committed elsewhere, but another batch was admitted while the question was out.
+        t.admitted((7, 0), Some("job-0-3"), 50, 5_001);
+        let done = described("CompleteCommit", (7, 0));
+        assert_eq!(t.described(&asked[0], &done, 5_002), None, "stale");
+        t.answered(&[(7, 0)], true, 5_003);
+        let again = t.to_ask(5_004, 1_000, 10);
+        assert_eq!(again[0].generation, 2);
+        assert_eq!(
+            t.described(&again[0], &described("Ongoing", (7, 0)), 5_005),
+            None
+        );
+        let lifted = t.described(&again[0], &done, 5_006).expect("over");
+        assert_eq!(lifted.transactional_id.as_deref(), Some("job-0-3"));
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn a_lost_answer_keeps_questions_away_until_the_broker_can_no_longer_append_it() {
+        let mut t = OpenTransactions::new(10);
+        t.admitted((7, 0), Some("a"), 100, 0);
+        t.answered(&[(7, 0)], false, 1_000);
+        assert!(t.to_ask(1_000 + UNSURE_MS - 1, 0, 10).is_empty());
+        assert_eq!(t.to_ask(1_000 + UNSURE_MS, 0, 10).len(), 1);
+        let mut many = OpenTransactions::new(10);
+        for pid in 0..5 {
+            many.admitted((pid, 0), Some(&format!("id-{pid}")), 1, 100 - pid as u64);
+            many.answered(&[(pid, 0)], true, 100);
+        }
+        let asked: Vec<i64> = many
+            .to_ask(10_000, 0, 2)
+            .iter()
+            .map(|q| q.producer.0)
+            .collect();
+        assert_eq!(asked, [4, 3], "at most the limit, the longest open first");
     }
 }

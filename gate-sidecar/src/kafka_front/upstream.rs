@@ -435,7 +435,7 @@ async fn authenticate(
     let name = login.mechanism.name();
     let handshake = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(name));
     let response: SaslHandshakeResponse =
-        exchange(frames, ApiKey::SaslHandshake, 1, 0, &handshake).await?;
+        exchange(frames, ApiKey::SaslHandshake, 1, 0, &handshake, "SASL").await?;
     if response.error_code != 0 {
         return Err(ConnectError::MechanismRefused {
             mechanism: name,
@@ -476,7 +476,7 @@ async fn authenticate(
     for round in 1..=3 {
         let request = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(outgoing));
         let response: SaslAuthenticateResponse =
-            exchange(frames, ApiKey::SaslAuthenticate, 1, round, &request).await?;
+            exchange(frames, ApiKey::SaslAuthenticate, 1, round, &request, "SASL").await?;
         if response.error_code != 0 {
             let message = response
                 .error_message
@@ -509,13 +509,31 @@ async fn authenticate(
     })
 }
 
-/// Sends one of the front's own requests and decodes its answer.
+/// Sends one of the front's own requests (not a client's) on `up` and decodes its answer;
+/// `what` names it in errors.
+pub async fn call<Q, R>(
+    up: &mut Upstream,
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &Q,
+    what: &'static str,
+) -> Result<R, ConnectError>
+where
+    Q: kafka_protocol::protocol::Encodable,
+    R: kafka_protocol::protocol::Decodable,
+{
+    exchange(&mut up.frames, api, version, correlation_id, body, what).await
+}
+
+/// Sends one of the front's own requests and decodes its answer; `what` names it in errors.
 async fn exchange<Q, R>(
     frames: &mut Framed<Box<dyn Io>, Frames>,
     api: ApiKey,
     version: i16,
     correlation_id: i32,
     body: &Q,
+    what: &'static str,
 ) -> Result<R, ConnectError>
 where
     Q: kafka_protocol::protocol::Encodable,
@@ -529,9 +547,9 @@ where
     let mut raw = BytesMut::new();
     header
         .encode(&mut raw, api.request_header_version(version))
-        .map_err(|e| encode_error(e, "SASL request header", version))?;
+        .map_err(|e| encode_error(e, what, version))?;
     body.encode(&mut raw, version)
-        .map_err(|e| encode_error(e, "SASL request", version))?;
+        .map_err(|e| encode_error(e, what, version))?;
     let request = Request::parse(raw.freeze()).map_err(ConnectError::Frame)?;
     frames
         .send(request.frame.clone())
@@ -547,7 +565,7 @@ where
         }
     };
     let body = frame::response_body(&request, answer).map_err(ConnectError::Frame)?;
-    frame::decode_response(&request, "SASL response", body).map_err(ConnectError::Frame)
+    frame::decode_response(&request, what, body).map_err(ConnectError::Frame)
 }
 
 fn encode_error(e: anyhow::Error, what: &'static str, version: i16) -> ConnectError {

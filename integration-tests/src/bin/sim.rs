@@ -70,6 +70,14 @@ struct Args {
     /// fails).
     #[arg(long)]
     no_rest_floor: bool,
+    /// With --exactly-once: half the commits come through another sidecar (Flink's committer
+    /// on another TaskManager); the writer's sidecar learns them by asking the cluster.
+    #[arg(long)]
+    foreign_commits: bool,
+    /// With --foreign-commits: sidecars that take a pre-committed transaction for ended when
+    /// they ask (the drain check fails).
+    #[arg(long)]
+    ask_lifts_early: bool,
     /// Worker threads for a range of seeds.
     #[arg(long, default_value_t = 2)]
     jobs: usize,
@@ -91,6 +99,8 @@ fn main() -> ExitCode {
         exactly_once: args.exactly_once,
         no_floors: args.no_floors,
         no_rest_floor: args.no_rest_floor,
+        foreign_commits: args.foreign_commits || args.ask_lifts_early,
+        ask_lifts_early: args.ask_lifts_early,
         ..SimConfig::default()
     };
     if let Some(seed) = args.seed {
