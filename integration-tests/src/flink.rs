@@ -523,19 +523,22 @@ fn mini_cluster(
 }
 
 /// A standalone Flink session cluster: one JobManager, TaskManagers started on demand.
-struct Standalone {
+pub(crate) struct Standalone {
     conf_dir: PathBuf,
-    rest_port: u16,
+    /// The JobManager's REST port.
+    pub(crate) rest_port: u16,
     /// JVM options and `-D` settings of a TaskManager, as `bin/taskmanager.sh` derives them.
     tm_jvm: Vec<String>,
     tm_dynamic: Vec<String>,
     _jobmanager: Proc,
-    taskmanagers: Vec<Proc>,
+    /// The TaskManagers started, in order (killed ones stay in the list).
+    pub(crate) taskmanagers: Vec<Proc>,
 }
 
 impl Standalone {
-    fn start(flink: &Flink, cfg: &FlinkConfig, name: &str, slots: u32) -> Result<Self> {
-        let conf_dir = cfg.work_dir.join(format!("{name}-conf"));
+    /// A JobManager and one TaskManager of `slots` slots, logging into `work_dir`.
+    pub(crate) fn start(flink: &Flink, work_dir: &Path, name: &str, slots: u32) -> Result<Self> {
+        let conf_dir = work_dir.join(format!("{name}-conf"));
         std::fs::create_dir_all(&conf_dir)?;
         let rest_port = free_port()?;
         let rpc_port = free_port()?;
@@ -554,6 +557,8 @@ impl Standalone {
              rest.port: {rest_port}\n\
              heartbeat.interval: 1000\n\
              heartbeat.timeout: 6000\n\
+             metrics.fetcher.update-interval: 500\n\
+             web.refresh-interval: 500\n\
              parallelism.default: {slots}\n"
         );
         std::fs::write(conf_dir.join("config.yaml"), conf)?;
@@ -562,11 +567,11 @@ impl Standalone {
             &java_path()?,
             &flink.java_args(
                 &["-Xmx400m".into()],
-                &cfg.work_dir,
+                work_dir,
                 "org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint",
                 &["--configDir".into(), conf_dir.display().to_string()],
             ),
-            &cfg.work_dir.join(format!("{name}-jobmanager.log")),
+            &work_dir.join(format!("{name}-jobmanager.log")),
         )?;
         // What bin/taskmanager.sh does: BashJavaUtils turns the memory settings into JVM options
         // and explicit -D settings (a TaskManagerRunner started without them refuses to start).
@@ -605,18 +610,24 @@ impl Standalone {
             _jobmanager: jobmanager,
             taskmanagers: Vec::new(),
         };
-        s.start_taskmanager(flink, cfg, name)?;
+        s.start_taskmanager(flink, work_dir, name)?;
         Ok(s)
     }
 
-    fn start_taskmanager(&mut self, flink: &Flink, cfg: &FlinkConfig, name: &str) -> Result<()> {
+    /// Starts one more TaskManager.
+    pub(crate) fn start_taskmanager(
+        &mut self,
+        flink: &Flink,
+        work_dir: &Path,
+        name: &str,
+    ) -> Result<()> {
         let n = self.taskmanagers.len();
         self.taskmanagers.push(Proc::spawn(
             &format!("{name} TaskManager {n}"),
             &java_path()?,
             &flink.java_args(
                 &self.tm_jvm,
-                &cfg.work_dir,
+                work_dir,
                 "org.apache.flink.runtime.taskexecutor.TaskManagerRunner",
                 &[
                     vec!["--configDir".into(), self.conf_dir.display().to_string()],
@@ -624,13 +635,13 @@ impl Standalone {
                 ]
                 .concat(),
             ),
-            &cfg.work_dir.join(format!("{name}-taskmanager-{n}.log")),
+            &work_dir.join(format!("{name}-taskmanager-{n}.log")),
         )?);
         Ok(())
     }
 
     /// Waits until `slots` task slots are registered and free.
-    async fn wait_for_slots(&self, slots: u64, within: Duration) -> Result<()> {
+    pub(crate) async fn wait_for_slots(&self, slots: u64, within: Duration) -> Result<()> {
         let deadline = Instant::now() + within;
         loop {
             if let Ok((200, v)) = rest(self.rest_port, "GET", "/overview").await
@@ -645,16 +656,22 @@ impl Standalone {
         }
     }
 
-    /// Submits the job with a client JVM (`CutoverJob --submit`) and returns its id.
-    fn submit(&self, flink: &Flink, cfg: &FlinkConfig, args: &[String]) -> Result<String> {
+    /// Submits job `main` with a client JVM (`--submit`) and returns its id.
+    pub(crate) fn submit(
+        &self,
+        flink: &Flink,
+        work_dir: &Path,
+        main: &str,
+        args: &[String],
+    ) -> Result<String> {
         let mut args = args.to_vec();
         args.extend(["--submit".into(), format!("127.0.0.1:{}", self.rest_port)]);
         let out = Command::new(java_path()?)
-            .args(flink.java_args(&["-Xmx256m".into()], &cfg.work_dir, JOB_MAIN, &args))
+            .args(flink.java_args(&["-Xmx256m".into()], work_dir, main, &args))
             .output()
             .context("cannot run the Flink client")?;
         std::fs::write(
-            cfg.work_dir.join("blue-submit.log"),
+            work_dir.join("blue-submit.log"),
             [&out.stdout[..], &out.stderr[..]].concat(),
         )?;
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -868,14 +885,14 @@ pub async fn run(flink: &Flink, cfg: &FlinkConfig) -> Result<FlinkReport> {
             blue_job = wait_for_job(rest_port, Duration::from_secs(60)).await?;
         }
         BlueMode::StandaloneKillTaskManager => {
-            let s = Standalone::start(flink, cfg, "blue", cfg.blue_parallelism)?;
+            let s = Standalone::start(flink, &cfg.work_dir, "blue", cfg.blue_parallelism)?;
             s.wait_for_slots(cfg.blue_parallelism.into(), Duration::from_secs(60))
                 .await?;
             live_start = now_ms();
             let args = job_args(cfg, BLUE, &blue_sock, cfg.blue_parallelism, live_start);
             let (f, c, a) = (flink.clone(), cfg.clone(), args);
             let s = tokio::task::spawn_blocking(move || {
-                let id = s.submit(&f, &c, &a);
+                let id = s.submit(&f, &c.work_dir, JOB_MAIN, &a);
                 (s, id)
             })
             .await?;
@@ -935,7 +952,7 @@ pub async fn run(flink: &Flink, cfg: &FlinkConfig) -> Result<FlinkReport> {
         if let (Some(at), Some(st)) = (replace_at, standalone.as_mut())
             && Instant::now() >= at
         {
-            st.start_taskmanager(flink, cfg, "blue")?;
+            st.start_taskmanager(flink, &cfg.work_dir, "blue")?;
             replace_at = None;
         }
         if s.phase() == Phase::Completed {

@@ -11,7 +11,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use sluice_proto::v1::{Phase, PipelineStatus, StartCutoverRequest, When};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use sluice_proto::v1::{AbortCutoverRequest, Phase, PipelineStatus, StartCutoverRequest, When};
 
 use crate::apache_kafka::ApacheKafka;
 use crate::flink::{self, Flink, Sequence};
@@ -96,6 +99,22 @@ pub struct FrontConfig {
     /// prepared or committed (the drain running): a stalled job (a frozen TaskManager, a long
     /// GC) holding records below `T`, longer than the sidecars' 5 s idle timeout.
     pub freeze_blue: Option<Duration>,
+    /// Kill green's sidecar `-9` this long after green's job started (catching up, its
+    /// transactions open), and start it again after the second duration.
+    pub kill_green_sidecar: Option<(Duration, Duration)>,
+    /// Blue on a standalone cluster (a JobManager and a TaskManager JVM); the TaskManager is
+    /// killed `-9` the moment the cutover is committed, a new one starts 2 s later, Flink
+    /// restores the last checkpoint (and recommits or aborts its transactions).
+    pub kill_blue_taskmanager: bool,
+    /// Kill the broker `-9` this long after the live start (both jobs' transactions open) and
+    /// start it again on the same log directories after the second duration.
+    pub restart_broker: Option<(Duration, Duration)>,
+    /// Kill the coordinator `-9` the moment the cutover is committed; it is back after this.
+    pub crash_coordinator_after_commit: Option<Duration>,
+    /// Abort the first cutover (WAITING or PREPARED, transactions open), then ask again.
+    pub abort_first_cutover: bool,
+    /// The jobs' checkpoint interval (default 1 s): exactly-once commits come once per interval.
+    pub checkpoint_interval: Option<Duration>,
 }
 
 impl FrontConfig {
@@ -123,6 +142,12 @@ impl FrontConfig {
             exactly_once: false,
             blue_end_txn_delay: None,
             freeze_blue: None,
+            kill_green_sidecar: None,
+            kill_blue_taskmanager: false,
+            restart_broker: None,
+            crash_coordinator_after_commit: None,
+            abort_first_cutover: false,
+            checkpoint_interval: None,
         }
     }
 }
@@ -167,10 +192,29 @@ pub struct FrontReport {
     pub predicted_duplicates: u64,
     /// Extra copies at-least-once does not explain.
     pub unexplained_duplicates: u64,
+    /// Exactly-once: the longest wait between records becoming readable to a `read_committed`
+    /// consumer (watching live) in steady state and around the cutover, ms.
+    pub visibility_pause: Option<Pause>,
+    /// What the faults did (phases they hit, checkpoints restored).
+    pub faults: Vec<String>,
     /// First problems, for the failure message.
     pub problems: Vec<String>,
     /// Wall time of the scenario.
     pub elapsed: Duration,
+}
+
+/// Output pauses seen by a live `read_committed` consumer (see [`FrontReport::visibility_pause`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Pause {
+    /// The longest gap between readable records in steady state, ms: blue alone (from 10 s
+    /// into the input, past its idle stretch, to 1 s before the commit) and green alone (from
+    /// 2 s after its first readable record to 1 s before the input's end).
+    pub steady_ms: u64,
+    /// The longest gap from 1 s before the commit until 2 s after green's first readable
+    /// record, ms.
+    pub cutover_ms: u64,
+    /// The checkpoint interval, ms.
+    pub interval_ms: u64,
 }
 
 struct Side {
@@ -235,15 +279,14 @@ fn sidecar(
     })
 }
 
-fn job(
-    flink: &Flink,
+fn job_args(
     cfg: &FrontConfig,
     deployment: &str,
     bootstrap: &str,
     parallelism: u32,
     live_start: u64,
     rest_port: u16,
-) -> Result<Proc> {
+) -> Result<Vec<String>> {
     let mut args = flink::job_flags(
         &cfg.work_dir,
         deployment,
@@ -260,6 +303,12 @@ fn job(
     if cfg.exactly_once {
         args.extend(["--guarantee".into(), "exactly-once".into()]);
     }
+    if let Some(interval) = cfg.checkpoint_interval {
+        args.extend([
+            "--checkpoint-interval".into(),
+            format!("{} ms", interval.as_millis()),
+        ]);
+    }
     if let (Some(linger), BLUE) = (cfg.blue_unflushed, deployment) {
         args.extend([
             "--guarantee".into(),
@@ -268,11 +317,34 @@ fn job(
             linger.as_millis().to_string(),
         ]);
     }
-    if cfg.kill_blue_sidecar.is_some() {
+    if cfg.kill_blue_sidecar.is_some()
+        || cfg.kill_green_sidecar.is_some()
+        || cfg.restart_broker.is_some()
+    {
         // Spare slots: a failed KafkaWriter may take a while to close, and the restarted job
         // should not wait for its slots.
         args.extend(["--slots".into(), (2 * parallelism).to_string()]);
     }
+    Ok(args)
+}
+
+fn job(
+    flink: &Flink,
+    cfg: &FrontConfig,
+    deployment: &str,
+    bootstrap: &str,
+    parallelism: u32,
+    live_start: u64,
+    rest_port: u16,
+) -> Result<Proc> {
+    let args = job_args(
+        cfg,
+        deployment,
+        bootstrap,
+        parallelism,
+        live_start,
+        rest_port,
+    )?;
     Proc::spawn(
         &format!("{deployment} Flink"),
         &flink::java_path()?,
@@ -322,7 +394,7 @@ async fn blue_in_production(coordinator: u16, not_before_ms: u64) -> Result<()> 
 }
 
 /// Sends `SIGname` to a process (`kill -s name`).
-fn signal(p: &Proc, name: &str) -> Result<()> {
+fn signal(p: &mut Proc, name: &str) -> Result<()> {
     let status = std::process::Command::new("kill")
         .args(["-s", name, &p.id().to_string()])
         .status()?;
@@ -334,71 +406,118 @@ fn signal(p: &Proc, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Blue's job where it runs: its own mini-cluster JVM, or a standalone cluster.
+enum BlueJob {
+    Mini(Proc),
+    Standalone(Box<flink::Standalone>),
+}
+
+impl BlueJob {
+    /// The process to freeze or watch: the mini-cluster, or the TaskManager running now.
+    fn process(&mut self) -> &mut Proc {
+        match self {
+            Self::Mini(p) => p,
+            Self::Standalone(s) => s.taskmanagers.last_mut().expect("one started"),
+        }
+    }
+}
+
 /// Runs the scenario and counts the topic.
 pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
     let started = Instant::now();
     let dir = cfg.work_dir.clone();
     std::fs::create_dir_all(dir.join("java-tmp"))?;
     std::fs::write(dir.join("log4j2.properties"), flink::LOG4J)?;
-    let broker = if cfg.exactly_once {
+    let mut broker = if cfg.exactly_once {
         AnyBroker::Apache(ApacheKafka::start(&dir, false)?)
     } else {
         AnyBroker::Tansu(Broker::start(&dir)?)
     };
     kafka::create_topic(broker.bootstrap(), TOPIC, PARTITIONS).await?;
-    let coordinator = Coordinator::start(
+    let mut coordinator = Coordinator::start(
         &dir,
         Barrier {
             margin_ms: 1_000,
             drain_lateness_ms: 1_000,
             // The REST watermark trails by up to a checkpoint interval more than the job's own.
-            max_lag_ms: 3_000,
+            max_lag_ms: 3_000 + cfg.checkpoint_interval.map_or(0, |i| i.as_millis() as i64),
             prepare_timeout: Duration::from_secs(3),
         },
     )?;
-    let (blue_rest, green_rest) = (free_port()?, free_port()?);
-    let blue_port = free_port()?;
-    let mut blue = sidecar(
-        cfg,
-        coordinator.port,
-        BLUE,
-        broker.bootstrap(),
-        blue_rest,
-        blue_port,
-    )?;
-    let green = sidecar(
+    let mut faults = Vec::new();
+    let standalone = if cfg.kill_blue_taskmanager {
+        let s = flink::Standalone::start(flink, &dir, "blue", cfg.blue_parallelism)?;
+        s.wait_for_slots(cfg.blue_parallelism.into(), Duration::from_secs(60))
+            .await?;
+        Some(s)
+    } else {
+        None
+    };
+    let blue_rest = standalone
+        .as_ref()
+        .map_or_else(free_port, |s| Ok(s.rest_port))?;
+    let green_rest = free_port()?;
+    let (blue_port, green_port) = (free_port()?, free_port()?);
+    let upstream = broker.bootstrap().to_owned();
+    let mut blue = sidecar(cfg, coordinator.port, BLUE, &upstream, blue_rest, blue_port)?;
+    let mut green = sidecar(
         cfg,
         coordinator.port,
         GREEN,
-        broker.bootstrap(),
+        &upstream,
         green_rest,
-        free_port()?,
+        green_port,
     )?;
 
+    // Exactly-once: a read_committed consumer watches the topic live, noting when each record
+    // became readable (the output pause the cutover adds).
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = cfg.exactly_once.then(|| {
+        let (bootstrap, watching) = (upstream.clone(), watching.clone());
+        tokio::task::spawn_blocking(move || {
+            kafka::watch_visible(&bootstrap, TOPIC, PARTITIONS, &watching)
+        })
+    });
+
     let live_start = now_ms();
-    let mut blue_job = job(
-        flink,
-        cfg,
-        BLUE,
-        &blue.bootstrap,
-        cfg.blue_parallelism,
-        live_start,
-        blue_rest,
-    )?;
-    let blue_id = flink::wait_for_job(blue_rest, Duration::from_secs(60)).await?;
+    let (mut blue_job, blue_id) = match standalone {
+        None => {
+            let p = job(
+                flink,
+                cfg,
+                BLUE,
+                &blue.bootstrap,
+                cfg.blue_parallelism,
+                live_start,
+                blue_rest,
+            )?;
+            let id = flink::wait_for_job(blue_rest, Duration::from_secs(60)).await?;
+            (BlueJob::Mini(p), id)
+        }
+        Some(s) => {
+            let args = job_args(
+                cfg,
+                BLUE,
+                &blue.bootstrap,
+                cfg.blue_parallelism,
+                live_start,
+                blue_rest,
+            )?;
+            let (f, d) = (flink.clone(), dir.clone());
+            let (s, id) = tokio::task::spawn_blocking(move || {
+                let id = s.submit(&f, &d, JOB_MAIN, &args);
+                (s, id)
+            })
+            .await?;
+            (BlueJob::Standalone(Box::new(s)), id?)
+        }
+    };
     if let Some((at, down)) = cfg.kill_blue_sidecar {
         // Mid-stream: once blue's records flow through its gate, and `at` into the input.
         blue_in_production(coordinator.port, live_start + at.as_millis() as u64).await?;
         blue.sidecar.kill();
         tokio::time::sleep(down).await;
-        blue = sidecar(
-            cfg,
-            coordinator.port,
-            BLUE,
-            broker.bootstrap(),
-            blue_rest,
-            blue_port,
-        )?;
+        blue = sidecar(cfg, coordinator.port, BLUE, &upstream, blue_rest, blue_port)?;
     }
     let live = Duration::from_millis(now_ms() - live_start);
     tokio::time::sleep(cfg.green_delay.saturating_sub(live)).await;
@@ -411,32 +530,135 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
         live_start,
         green_rest,
     )?;
+    let green_started = Instant::now();
 
     // Blue in production first: the cutover is requested once blue's records pass its gates
     // (a loaded machine can take longer than green's delay to start blue's job).
     blue_in_production(coordinator.port, 0).await?;
-    let mut api = cutover_client(coordinator.port).await?;
-    api.start_cutover(StartCutoverRequest {
+    let start = StartCutoverRequest {
         pipeline: PIPELINE.into(),
         candidate: GREEN.into(),
         when: When::Ready as i32,
         min_gates: Some(1),
         ..Default::default()
-    })
-    .await
-    .context("StartCutover failed")?;
-    let deadline = Instant::now() + Duration::from_secs(120);
+    };
+    cutover_client(coordinator.port)
+        .await?
+        .start_cutover(start.clone())
+        .await
+        .context("StartCutover failed")?;
+    let deadline = Instant::now() + Duration::from_secs(150);
     let mut freeze = cfg.freeze_blue;
+    let mut kill_green = cfg.kill_green_sidecar;
+    let mut restart_broker = cfg.restart_broker;
+    let mut crash_coordinator = cfg.crash_coordinator_after_commit;
+    let mut kill_taskmanager = cfg.kill_blue_taskmanager;
+    let mut replace_taskmanager_at = None;
+    let mut abort = cfg.abort_first_cutover;
+    let mut aborted = false;
+    let mut committed_at_ms = None;
     let status = loop {
-        let s = harness::pipeline_status(coordinator.port, PIPELINE).await?;
+        // The coordinator may be down (crash fault): ask again until it is back.
+        let s = match harness::pipeline_status(coordinator.port, PIPELINE).await {
+            Ok(s) => s,
+            Err(e)
+                if crash_coordinator.is_none() && cfg.crash_coordinator_after_commit.is_some() =>
+            {
+                ensure!(Instant::now() < deadline, "coordinator not back: {e:#}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if s.phase() == Phase::Committed && committed_at_ms.is_none() {
+            committed_at_ms = Some(now_ms());
+        }
         if s.phase() == Phase::Completed {
             break s;
+        }
+        if abort && matches!(s.phase(), Phase::Waiting | Phase::Prepared) {
+            abort = false;
+            let phase = s.phase();
+            cutover_client(coordinator.port)
+                .await?
+                .abort_cutover(AbortCutoverRequest {
+                    pipeline: PIPELINE.into(),
+                    reason: "test: abort with transactions open".into(),
+                })
+                .await
+                .with_context(|| format!("AbortCutover in {phase:?} failed"))?;
+            faults.push(format!("first cutover aborted in {phase:?}"));
+            aborted = true;
+        }
+        if aborted && s.phase() == Phase::Aborted {
+            aborted = false;
+            cutover_client(coordinator.port)
+                .await?
+                .start_cutover(start.clone())
+                .await
+                .context("the second StartCutover failed")?;
+            faults.push("cutover asked again".into());
+            continue;
+        }
+        if let Some((at, down)) = kill_green
+            && green_started.elapsed() >= at
+        {
+            kill_green = None;
+            green.sidecar.kill();
+            faults.push(format!(
+                "green's sidecar killed -9 {at:?} after green started (cutover {:?})",
+                s.phase()
+            ));
+            tokio::time::sleep(down).await;
+            green = sidecar(
+                cfg,
+                coordinator.port,
+                GREEN,
+                &upstream,
+                green_rest,
+                green_port,
+            )?;
+        }
+        if let (Some((at, down)), AnyBroker::Apache(b)) = (restart_broker, &mut broker)
+            && now_ms() >= live_start + at.as_millis() as u64
+        {
+            restart_broker = None;
+            b.kill();
+            faults.push(format!(
+                "broker killed -9 {at:?} into the input (cutover {:?}), back after {down:?}",
+                s.phase()
+            ));
+            tokio::time::sleep(down).await;
+            b.restart()?;
+        }
+        if s.phase() == Phase::Committed {
+            if let Some(down) = crash_coordinator {
+                crash_coordinator = None;
+                tokio::task::block_in_place(|| coordinator.crash_and_restart(down))?;
+                faults.push(format!(
+                    "coordinator killed -9 once committed, back after {down:?}"
+                ));
+                continue;
+            }
+            if kill_taskmanager && let BlueJob::Standalone(st) = &mut blue_job {
+                kill_taskmanager = false;
+                st.taskmanagers[0].kill();
+                replace_taskmanager_at = Some(Instant::now() + Duration::from_secs(2));
+                faults.push("blue's TaskManager killed -9 once committed".into());
+            }
+        }
+        if let (Some(at), BlueJob::Standalone(st)) = (replace_taskmanager_at, &mut blue_job)
+            && Instant::now() >= at
+        {
+            replace_taskmanager_at = None;
+            st.start_taskmanager(flink, &dir, "blue")?;
+            faults.push("a new TaskManager for blue started".into());
         }
         if let Some(frozen) = freeze
             && matches!(s.phase(), Phase::Prepared | Phase::Committed)
         {
             freeze = None;
-            signal(&blue_job, "STOP")?;
+            signal(blue_job.process(), "STOP")?;
             eprintln!(
                 "blue's Flink frozen for {frozen:?} (cutover {:?}, T = {:?})",
                 s.phase(),
@@ -446,25 +668,28 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
             while Instant::now() < until {
                 let s = harness::pipeline_status(coordinator.port, PIPELINE).await?;
                 if s.phase() == Phase::Completed {
-                    signal(&blue_job, "CONT")?;
+                    signal(blue_job.process(), "CONT")?;
                     bail!(
-                        "the cutover completed while blue's job was frozen: its gates' channels \
-                         were idle, but its buffers held records below T"
+                        "the cutover completed while blue's job was frozen ({:?}): its gates' \
+                         channels were idle, but its buffers held records below T",
+                        s.phase()
                     );
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            signal(&blue_job, "CONT")?;
+            signal(blue_job.process(), "CONT")?;
             eprintln!("blue's Flink resumed");
         }
         ensure!(
-            s.phase() != Phase::Aborted && Instant::now() < deadline,
+            (s.phase() != Phase::Aborted || aborted) && Instant::now() < deadline,
             "cutover did not complete: {:?} ({}); waiting for {}",
             s.phase(),
             s.last_error,
             s.waiting_for
         );
-        blue_job.check_alive().context("blue Flink")?;
+        if replace_taskmanager_at.is_none() {
+            blue_job.process().check_alive().context("blue Flink")?;
+        }
         green_job.check_alive().context("green Flink")?;
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
@@ -484,7 +709,7 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
             .iter()
             .filter(|e| e.event_time_ms < barrier)
             .count() as u64;
-        let bootstrap = broker.bootstrap().to_owned();
+        let bootstrap = upstream.clone();
         let is_blue = |c: &kafka::Consumed| c.header("deployment") == Some(BLUE.as_bytes());
         let read = tokio::task::spawn_blocking(move || {
             kafka::read_visible_now(&bootstrap, TOPIC, PARTITIONS, Duration::from_secs(30))
@@ -496,7 +721,7 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
         None
     };
     // Only now is blue cancelled, as an orchestrator would on completion.
-    let restored_checkpoint = if cfg.kill_blue_sidecar.is_some() {
+    let restored_checkpoint = if cfg.kill_blue_sidecar.is_some() || cfg.kill_blue_taskmanager {
         let (_, v) = flink::rest(blue_rest, "GET", &format!("/jobs/{blue_id}/checkpoints")).await?;
         v["latest"]["restored"]["id"].as_u64()
     } else {
@@ -511,13 +736,20 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
         Err(e) => eprintln!("cancelling blue: {e:#} (its mini-cluster is stopping)"),
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while blue_job.check_alive().is_ok() {
-        ensure!(
-            Instant::now() < deadline,
-            "blue's mini-cluster did not stop"
-        );
+    loop {
+        let stopped = match &mut blue_job {
+            BlueJob::Mini(p) => p.check_alive().is_err(),
+            BlueJob::Standalone(_) => flink::job_state(blue_rest, &blue_id)
+                .await
+                .is_ok_and(|s| s == "CANCELED"),
+        };
+        if stopped {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "blue's job did not stop");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    drop(blue_job);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Some(status) = green_job.exited()? {
@@ -529,7 +761,7 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
     }
 
     let records = tokio::task::spawn_blocking({
-        let bootstrap = broker.bootstrap().to_owned();
+        let bootstrap = upstream.clone();
         let n = cfg.sequence.records as usize;
         let unflushed = cfg.blue_unflushed.is_some();
         move || {
@@ -549,7 +781,7 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
     .await??;
     let mut report = count(cfg, &status, &records, restored_checkpoint)?;
     if cfg.exactly_once {
-        let bootstrap = broker.bootstrap().to_owned();
+        let bootstrap = upstream.clone();
         let n = cfg.sequence.records as usize;
         let uncommitted = tokio::task::spawn_blocking(move || {
             kafka::read_topic_isolated(
@@ -565,12 +797,53 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
         .await??;
         report.read_uncommitted = Some(uncommitted.len() as u64);
     }
+    watching.store(false, Ordering::Relaxed);
+    if let (Some(w), Some(committed)) = (watcher, committed_at_ms) {
+        let seen = w.await??;
+        let input_ms = cfg.sequence.records * 1_000 / cfg.sequence.rate;
+        report.visibility_pause = Some(pauses(
+            &seen,
+            (live_start + 10_000, live_start + input_ms),
+            committed,
+            cfg.checkpoint_interval.unwrap_or(Duration::from_secs(1)),
+        ));
+    }
     report.blue_visible_at_completion = blue_visible_at_completion;
     drop(blue);
+    drop(green);
+    report.faults = faults;
     report.blue_state_at_cancel = blue_state_at_cancel;
     report.status = status;
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// The longest waits between records becoming readable: around the cutover (from 1 s before
+/// `committed` to 2 s after green's first readable record) and in steady state (see
+/// [`Pause::steady_ms`]; `live`: from where the input is steady to its end, wall clock ms).
+/// `seen`: (wall clock ms, deployment) per record.
+fn pauses(seen: &[(u64, String)], live: (u64, u64), committed: u64, interval: Duration) -> Pause {
+    let mut at: Vec<u64> = seen.iter().map(|(t, _)| *t).collect();
+    at.sort_unstable();
+    let longest = |from: u64, to: u64| {
+        at.windows(2)
+            .filter(|w| w[0] >= from && w[1] <= to)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or(0)
+    };
+    let first_green = seen
+        .iter()
+        .filter(|(t, d)| d == GREEN && *t >= committed.saturating_sub(1_000))
+        .map(|(t, _)| *t)
+        .min()
+        .unwrap_or(committed);
+    let before = committed.saturating_sub(1_000);
+    Pause {
+        steady_ms: longest(live.0, before).max(longest(first_green + 2_000, live.1 - 1_000)),
+        cutover_ms: longest(before, first_green + 2_000),
+        interval_ms: interval.as_millis() as u64,
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -753,7 +1026,8 @@ pub fn check(cfg: &FrontConfig, r: &FrontReport) -> Result<()> {
             g.gate_id
         );
     }
-    if cfg.kill_blue_sidecar.is_none() {
+    // At-least-once explains duplicates after a restart; exactly-once none, whatever failed.
+    if cfg.kill_blue_sidecar.is_none() || cfg.exactly_once {
         ensure!(
             r.duplicates == 0 && r.out_of_order == 0,
             "not exact: {:?}",
@@ -856,6 +1130,17 @@ impl fmt::Display for FrontReport {
                  records below T; at the end read_uncommitted read {}",
                 self.read_uncommitted.unwrap_or(0)
             )?;
+        }
+        if let Some(p) = self.visibility_pause {
+            writeln!(
+                f,
+                "  read_committed output pause (checkpoint interval {} ms): steady state {} ms, \
+                 at the cutover {} ms",
+                p.interval_ms, p.steady_ms, p.cutover_ms
+            )?;
+        }
+        for fault in &self.faults {
+            writeln!(f, "  fault: {fault}")?;
         }
         writeln!(
             f,

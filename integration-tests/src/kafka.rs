@@ -236,6 +236,45 @@ pub fn read_visible_now(
     }
 }
 
+/// Reads `topic` `read_committed` from the beginning (blocking) until `watching` is cleared,
+/// noting the wall-clock time (ms) each record became readable and its `deployment` header:
+/// how a downstream consumer sees the output flow.
+pub fn watch_visible(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    watching: &std::sync::atomic::AtomicBool,
+) -> Result<Vec<(u64, String)>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "sluice-watcher")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        // Fetches answered at once: the time read is the time the record became readable.
+        .set("fetch.wait.max.ms", "20")
+        .create()
+        .context("consumer")?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut seen = Vec::new();
+    while watching.load(std::sync::atomic::Ordering::Relaxed) {
+        // The broker may be down for a while (a fault): errors are retried, not fatal.
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) else {
+            continue;
+        };
+        let deployment = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "deployment")?.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        seen.push((crate::harness::now_ms(), deployment));
+    }
+    Ok(seen)
+}
+
 fn reader(bootstrap: &str, topic: &str, partitions: i32, isolation: &str) -> Result<BaseConsumer> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)

@@ -151,7 +151,17 @@ pub struct SimConfig {
     /// (closed by its checkpoint, flushed, not yet committed) for ended when they ask. Breaks
     /// the drain check.
     pub ask_lifts_early: bool,
+    /// With [`SimConfig::exactly_once`]: sidecars that lift a transaction's floor when its
+    /// commit is acknowledged (`EndTxn` OK), before its markers are written and a
+    /// `read_committed` consumer can see it (the model writes them up to
+    /// [`MARKER_DELAY_MAX_MS`] later). Breaks the drain check.
+    pub lift_at_commit_ack: bool,
 }
+
+/// The slowest writing of a commit's markers after the coordinator acknowledged it.
+pub const MARKER_DELAY_MAX_MS: u64 = 800;
+/// How soon an acknowledged commit is asked about again while its markers are written.
+pub const ASK_AGAIN_MS: u64 = 100;
 
 /// How often a sidecar asks the cluster about its open transactions (the front's interval).
 pub const ASK_INTERVAL_MS: u64 = 500;
@@ -174,8 +184,11 @@ struct SimTxn {
     /// Committed through another sidecar: its gate sees no `EndTxn` (see
     /// [`SimConfig::foreign_commits`]).
     foreign: bool,
-    /// Its floor was lifted (by an `EndTxn` seen, or the cluster's answer).
+    /// Its floor was lifted (by the cluster's answer, or at the acknowledgement with
+    /// [`SimConfig::lift_at_commit_ack`]).
     lifted: bool,
+    /// Its commit was acknowledged through its own gate (markers maybe not yet written).
+    acked: bool,
 }
 
 /// The REST drain's model (see [`SimConfig::rest_drain`]).
@@ -219,6 +232,7 @@ impl Default for SimConfig {
             no_rest_floor: false,
             foreign_commits: false,
             ask_lifts_early: false,
+            lift_at_commit_ack: false,
         }
     }
 }
@@ -586,9 +600,17 @@ enum Ev {
         chan: usize,
         txn: u32,
     },
-    /// Exactly-once with foreign commits: a gate asks the cluster about its open transactions.
+    /// Exactly-once: the coordinator acknowledges a channel's commit (`EndTxn` OK, through the
+    /// channel's gate unless the commit is foreign); the markers follow.
+    CommitAcked {
+        chan: usize,
+        txn: u32,
+    },
+    /// Exactly-once: a gate asks the cluster about its open transactions (`again`: the quick
+    /// repeat while an acknowledged commit awaits its markers).
     AskCluster {
         gate: usize,
+        again: bool,
     },
     BreakFault,
     Partition {
@@ -1138,10 +1160,10 @@ impl<'a> Sim<'a> {
             self.at(0, Ev::FlinkTick { dep: Dep::Blue });
             self.at(0, Ev::FlinkTick { dep: Dep::Green });
         }
-        if self.cfg.exactly_once && self.cfg.foreign_commits {
+        if self.cfg.exactly_once {
             for gate in 0..self.gates.len() {
                 let phase = self.rng.random_range(0..ASK_INTERVAL_MS);
-                self.at(phase, Ev::AskCluster { gate });
+                self.at(phase, Ev::AskCluster { gate, again: false });
             }
         }
         // Blue starts at once: its gates attach (and are auto-activated), its clients send.
@@ -1393,18 +1415,29 @@ impl<'a> Sim<'a> {
                 }
             }
             Ev::CoordCrash => self.coord_crash(),
-            Ev::Commit { chan, txn } => {
-                let mut seen_here = true;
-                if let Some(t) = self.txns.get_mut(&(chan, txn)) {
-                    t.committed = true;
-                    seen_here = !t.foreign;
-                    t.lifted |= seen_here;
-                }
+            Ev::CommitAcked { chan, txn } => {
+                let g = self.chans[chan].gate;
+                let seen_here = self.txns.get(&(chan, txn)).is_some_and(|t| !t.foreign);
                 if seen_here {
-                    let g = self.chans[chan].gate;
-                    self.gates[g]
-                        .tracker
-                        .lift_floor(&format!("txn/{chan}/{txn}"));
+                    let lift = self.cfg.lift_at_commit_ack;
+                    if let Some(t) = self.txns.get_mut(&(chan, txn)) {
+                        t.acked = true;
+                        t.lifted |= lift;
+                    }
+                    if lift {
+                        self.gates[g]
+                            .tracker
+                            .lift_floor(&format!("txn/{chan}/{txn}"));
+                    } else {
+                        // The front asks the cluster at once after an acknowledged commit.
+                        self.after(
+                            0,
+                            Ev::AskCluster {
+                                gate: g,
+                                again: true,
+                            },
+                        );
+                    }
                 }
                 self.tr(|| {
                     let via = if seen_here {
@@ -1412,11 +1445,19 @@ impl<'a> Sim<'a> {
                     } else {
                         " (through another sidecar)"
                     };
-                    format!("commit: channel {chan} transaction {txn}{via}")
+                    format!("commit acknowledged: channel {chan} transaction {txn}{via}")
                 });
             }
-            Ev::AskCluster { gate } => {
-                self.after(ASK_INTERVAL_MS, Ev::AskCluster { gate });
+            Ev::Commit { chan, txn } => {
+                if let Some(t) = self.txns.get_mut(&(chan, txn)) {
+                    t.committed = true;
+                }
+                self.tr(|| format!("commit visible: channel {chan} transaction {txn}"));
+            }
+            Ev::AskCluster { gate, again } => {
+                if !again {
+                    self.after(ASK_INTERVAL_MS, Ev::AskCluster { gate, again: false });
+                }
                 let now = self.now;
                 let early = self.cfg.ask_lifts_early;
                 let over: Vec<(usize, u32)> = self
@@ -1426,11 +1467,17 @@ impl<'a> Sim<'a> {
                         self.chans[*c].gate == gate
                             && !t.lifted
                             && !t.records.is_empty()
-                            && now.saturating_sub(t.opened_at) >= ASK_AFTER_MS
+                            && (t.acked || now.saturating_sub(t.opened_at) >= ASK_AFTER_MS)
                             && (t.committed || (early && t.closed_by.is_some()))
                     })
                     .map(|(k, _)| *k)
                     .collect();
+                let waiting = self.txns.iter().any(|((c, _), t)| {
+                    self.chans[*c].gate == gate && t.acked && !t.lifted && !t.committed
+                });
+                if again && waiting {
+                    self.after(ASK_AGAIN_MS, Ev::AskCluster { gate, again: true });
+                }
                 for (chan, txn) in over {
                     if let Some(t) = self.txns.get_mut(&(chan, txn)) {
                         t.lifted = true;
@@ -2412,7 +2459,9 @@ impl<'a> Sim<'a> {
                 {
                     t.foreign = true;
                 }
-                self.after(delay, Ev::Commit { chan, txn });
+                let markers = self.rng.random_range(0..=MARKER_DELAY_MAX_MS);
+                self.after(delay, Ev::CommitAcked { chan, txn });
+                self.after(delay + markers, Ev::Commit { chan, txn });
             }
         }
         let job = &mut self.flink[dep.idx()];

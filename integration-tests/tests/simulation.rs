@@ -299,3 +299,26 @@ fn asking_the_cluster_and_lifting_before_the_commit_is_caught() {
     );
     eprintln!("{} of 200 seeds caught it; first: {first}", failures.len());
 }
+
+/// A sidecar that lifted a transaction's floor at the commit's acknowledgement, before the
+/// coordinator wrote its markers (up to 800 ms in the model), would let the drain complete
+/// while read_committed cannot see blue's last records: caught.
+#[test]
+fn lifting_at_the_commit_acknowledgement_is_caught() {
+    let cfg = SimConfig {
+        rest_drain: true,
+        exactly_once: true,
+        lift_at_commit_ack: true,
+        fault_rate: 0.0,
+        ..SimConfig::default()
+    };
+    let (_, failures) = run_seeds("lifted at the commit's acknowledgement", 200, &cfg);
+    let first = failures
+        .first()
+        .expect("no seed caught a floor lifted before the markers were written");
+    assert!(
+        first.message.contains("drain completed before a commit"),
+        "{first}"
+    );
+    eprintln!("{} of 200 seeds caught it; first: {first}", failures.len());
+}

@@ -82,6 +82,8 @@ const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
 const ASK_INTERVAL: Duration = Duration::from_millis(500);
 /// A transaction is asked about once open this long, ms: most end through this front sooner.
 const ASK_AFTER_MS: u64 = 1_000;
+/// How soon an acknowledged commit is asked about again while its markers are being written.
+const ASK_AGAIN: Duration = Duration::from_millis(100);
 /// Transactions asked about per round (the longest open first).
 const ASK_LIMIT: usize = 200;
 
@@ -206,6 +208,8 @@ struct Shared {
     transactions: std::sync::Mutex<transactions::OpenTransactions>,
     brokers: addresses::BrokerMap,
     connections: AtomicU64,
+    /// Wakes the asking of the cluster (a commit was acknowledged: see `transactions`).
+    ask_now: tokio::sync::Notify,
     stop: CancellationToken,
 }
 
@@ -235,6 +239,7 @@ pub async fn serve(
             )),
             brokers: addresses::BrokerMap::new(bind_ip, serve),
             connections: AtomicU64::new(0),
+            ask_now: tokio::sync::Notify::new(),
             stop,
         }
     });
@@ -450,10 +455,17 @@ async fn transaction(
                     outcome,
                     "Kafka front: transaction ended"
                 );
-                unpoisoned(&shared.transactions)
-                    .ended(producer, now)
-                    .into_iter()
-                    .collect()
+                let mut open = unpoisoned(&shared.transactions);
+                let lifted = match outcome {
+                    // Decided, not yet visible: lifted once the cluster says it is complete.
+                    "committed" => {
+                        open.commit_acknowledged(producer, req.transactional_id.0.as_str(), now)
+                    }
+                    _ => open.ended(producer, now),
+                };
+                drop(open);
+                shared.ask_now.notify_one();
+                lifted.into_iter().collect()
             } else {
                 Vec::new()
             }
@@ -502,9 +514,11 @@ async fn expire_transactions(shared: Arc<Shared>) {
     }
 }
 
-/// Open transactions whose end did not come through this front: the cluster is asked how they
-/// stand (`DescribeTransactions`), and those it says are over no longer hold the drain. Until
-/// it can be asked, a transaction holds it up to its timeout (`expire_transactions`).
+/// Open transactions whose end did not come through this front, and acknowledged commits not
+/// yet known complete: the cluster is asked how they stand (`DescribeTransactions`), and those
+/// it says are over no longer hold the drain. Until it can be asked, a transaction holds it up
+/// to its timeout (`expire_transactions`). Asked every [`ASK_INTERVAL`], at once after a commit
+/// is acknowledged, and every [`ASK_AGAIN`] while one awaits its markers.
 async fn ask_about_transactions(shared: Arc<Shared>) {
     let mut asker = ask::Asker::new(
         shared.settings.bootstrap.clone(),
@@ -514,9 +528,12 @@ async fn ask_about_transactions(shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
+        let again = unpoisoned(&shared.transactions).any_committing();
         tokio::select! {
             () = shared.stop.cancelled() => return,
             _ = tick.tick() => {}
+            () = shared.ask_now.notified() => {}
+            () = tokio::time::sleep(ASK_AGAIN), if again => {}
         }
         let questions =
             unpoisoned(&shared.transactions).to_ask(shared.gate.now_ms(), ASK_AFTER_MS, ASK_LIMIT);

@@ -7,9 +7,17 @@
 //! So each open transaction (producer id and epoch) is a floor of the gate's watermark
 //! (`WatermarkTracker::set_floor`) at the least event time admitted into it, lifted when
 //!
-//! - an `EndTxn` for it succeeds through this front (commit or abort: either way nothing of it
-//!   is pending any more — aborted records are never visible and the job replays them), or is
-//!   refused because the producer was fenced (the transaction is aborted);
+//! - an `EndTxn` aborting it succeeds through this front (aborted records are never visible
+//!   and the job replays them), or is refused because the producer was fenced (aborted too);
+//! - its commit is *complete*: an `EndTxn` committing it answered OK means only that the
+//!   coordinator decided (it answers once `PrepareCommit` is logged and writes the markers
+//!   after), and until the markers are written a `read_committed` consumer does not see the
+//!   records — the drain must not pass them yet (a real run saw 62 records unreadable at
+//!   completion with the broker busy). So after a commit's OK the cluster is asked at once
+//!   (below) and the floor lifted when it says the commit is complete; or when a second
+//!   `EndTxn` of the same producer session is answered OK with nothing admitted in between
+//!   (the coordinator begins no transaction of a session before the last one is complete, and
+//!   answers a retried `EndTxn` OK only once it is);
 //! - an `InitProducerId` through this front gives its transactional id a new producer id or
 //!   epoch (the coordinator completes or aborts the old transaction before it answers);
 //! - the cluster says it is over (`DescribeTransactions`, asked by `described`): how a commit
@@ -62,6 +70,15 @@ struct Open {
     generation: u64,
     /// No question before this (a batch's answer was lost).
     ask_from_ms: u64,
+    /// The generation whose commit the coordinator acknowledged (`EndTxn` OK): committing,
+    /// not yet known complete, while it equals `generation`.
+    committing: Option<u64>,
+}
+
+impl Open {
+    fn is_committing(&self) -> bool {
+        self.committing == Some(self.generation)
+    }
 }
 
 /// A question for the cluster about one open transaction (see [`OpenTransactions::to_ask`]).
@@ -95,8 +112,11 @@ const TRANSACTIONAL_ID_NOT_FOUND: i16 = 105;
 /// coordinator completed or aborted ours first), or our session's transaction is complete
 /// (committed: its markers are written, so read_committed sees it; aborted: never visible),
 /// or nothing is open (`Empty`: ended before; `Dead`, not found: expired). `Ongoing` and the
-/// `Prepare…` states are not over (a prepared commit's markers may not all be written).
-pub fn over(ours: Producer, answer: &Described) -> bool {
+/// `Prepare…` states are not over (a prepared commit's markers may not all be written) —
+/// except for a transaction whose commit was acknowledged (`committing`): then any state but
+/// `PrepareCommit` is a later transaction of the session, which the coordinator begins only
+/// once ours is complete.
+pub fn over(ours: Producer, answer: &Described, committing: bool) -> bool {
     if answer.error_code == TRANSACTIONAL_ID_NOT_FOUND {
         return true;
     }
@@ -107,11 +127,14 @@ pub fn over(ours: Producer, answer: &Described) -> bool {
     if pid != ours.0 || epoch > ours.1 {
         return true;
     }
-    epoch == ours.1
-        && matches!(
-            answer.state.as_str(),
-            "Empty" | "CompleteCommit" | "CompleteAbort" | "Dead"
-        )
+    if epoch != ours.1 {
+        return false;
+    }
+    match answer.state.as_str() {
+        "Empty" | "CompleteCommit" | "CompleteAbort" | "Dead" => true,
+        "PrepareCommit" => false,
+        _ => committing,
+    }
 }
 
 /// Every open transaction the front admitted records into.
@@ -185,6 +208,7 @@ impl OpenTransactions {
                 in_flight: 1,
                 generation: 1,
                 ask_from_ms: 0,
+                committing: None,
             },
         );
         least
@@ -203,9 +227,9 @@ impl OpenTransactions {
         }
     }
 
-    /// At most `limit` questions for the cluster at `now_ms`: transactions open at least
-    /// `min_age_ms` (most end through this front before that), with a known transactional id
-    /// and no batch in flight, the longest open first.
+    /// At most `limit` questions for the cluster at `now_ms`: transactions whose commit was
+    /// acknowledged, then those open at least `min_age_ms` (most end through this front before
+    /// that), each with a known transactional id and no batch in flight, the longest open first.
     pub fn to_ask(&self, now_ms: u64, min_age_ms: u64, limit: usize) -> Vec<Question> {
         let mut due: Vec<(&Producer, &Open)> = self
             .open
@@ -214,10 +238,10 @@ impl OpenTransactions {
                 t.in_flight == 0
                     && t.transactional_id.is_some()
                     && now_ms >= t.ask_from_ms
-                    && now_ms.saturating_sub(t.opened_ms) >= min_age_ms
+                    && (t.is_committing() || now_ms.saturating_sub(t.opened_ms) >= min_age_ms)
             })
             .collect();
-        due.sort_by_key(|(_, t)| t.opened_ms);
+        due.sort_by_key(|(_, t)| (!t.is_committing(), t.opened_ms));
         due.into_iter()
             .take(limit)
             .filter_map(|(p, t)| {
@@ -242,7 +266,7 @@ impl OpenTransactions {
         if t.generation != question.generation || t.in_flight > 0 {
             return None;
         }
-        if !over(question.producer, answer) {
+        if !over(question.producer, answer, t.is_committing()) {
             return None;
         }
         self.remove(question.producer, now_ms)
@@ -282,9 +306,30 @@ impl OpenTransactions {
             .collect()
     }
 
-    /// `producer`'s transaction ended (committed, aborted or fenced).
+    /// `producer`'s transaction ended without becoming visible (aborted or fenced).
     pub fn ended(&mut self, producer: Producer, now_ms: u64) -> Option<Lifted> {
         self.remove(producer, now_ms)
+    }
+
+    /// The coordinator acknowledged committing `producer`'s transaction (`EndTxn` OK): its
+    /// records become visible once the markers are written. Lifted now if an earlier commit of
+    /// the session was acknowledged with nothing admitted since (that one is complete, see the
+    /// module doc); otherwise it is to be asked about at once ([`Self::to_ask`]).
+    pub fn commit_acknowledged(
+        &mut self,
+        producer: Producer,
+        transactional_id: &str,
+        now_ms: u64,
+    ) -> Option<Lifted> {
+        let t = self.open.get_mut(&producer)?;
+        if t.is_committing() {
+            return self.remove(producer, now_ms);
+        }
+        t.committing = Some(t.generation);
+        if t.transactional_id.is_none() {
+            t.transactional_id = Some(transactional_id.to_owned());
+        }
+        None
     }
 
     /// Transactions open longer than their timeout (and a margin) at `now_ms`.
@@ -306,6 +351,11 @@ impl OpenTransactions {
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.open.len()
+    }
+
+    /// Whether any acknowledged commit awaits the cluster's word that it is complete.
+    pub fn any_committing(&self) -> bool {
+        self.open.values().any(Open::is_committing)
     }
 
     fn remove(&mut self, producer: Producer, now_ms: u64) -> Option<Lifted> {
@@ -389,35 +439,84 @@ mod tests {
     }
 
     #[test]
+    fn an_acknowledged_commit_holds_until_the_cluster_says_complete_or_the_session_ends_another() {
+        let mut t = OpenTransactions::new(10);
+        t.admitted((7, 0), None, 100, 0);
+        t.answered(&[(7, 0)], true, 1);
+        assert!(t.to_ask(2, 1_000, 10).is_empty(), "young, not committing");
+        assert_eq!(
+            t.commit_acknowledged((7, 0), "job-0-1", 2),
+            None,
+            "decided, not visible"
+        );
+        assert!(t.any_committing());
+        let asked = t.to_ask(3, 1_000, 10);
+        assert_eq!(asked.len(), 1, "a committing one is asked at once");
+        assert_eq!(asked[0].transactional_id, "job-0-1", "named by the EndTxn");
+        let prepared = described("PrepareCommit", (7, 0));
+        assert_eq!(
+            t.described(&asked[0], &prepared, 4),
+            None,
+            "markers not written"
+        );
+        // The session's next transaction began and its commit was acknowledged with nothing
+        // admitted here in between (its records all dropped): the first one is complete.
+        assert!(t.commit_acknowledged((7, 0), "job-0-1", 5).is_some());
+        assert_eq!(t.len(), 0);
+        // New records after an acknowledged commit: a new transaction, no longer committing.
+        t.admitted((8, 0), Some("job-1-1"), 100, 10);
+        t.answered(&[(8, 0)], true, 11);
+        t.commit_acknowledged((8, 0), "job-1-1", 12);
+        t.admitted((8, 0), Some("job-1-1"), 50, 13);
+        t.answered(&[(8, 0)], true, 14);
+        assert!(!t.any_committing());
+        assert_eq!(t.commit_acknowledged((8, 0), "job-1-1", 15), None);
+        let asked = t.to_ask(16, 1_000, 10);
+        let done = described("CompleteCommit", (8, 0));
+        assert!(t.described(&asked[0], &done, 17).is_some());
+    }
+
+    #[test]
     fn what_counts_as_over() {
         let ours = (7, 2);
-        for state in ["Empty", "CompleteCommit", "CompleteAbort", "Dead"] {
-            assert!(over(ours, &described(state, ours)), "{state}");
+        for committing in [false, true] {
+            for state in ["Empty", "CompleteCommit", "CompleteAbort", "Dead"] {
+                assert!(over(ours, &described(state, ours), committing), "{state}");
+            }
+            assert!(!over(ours, &described("PrepareCommit", ours), committing));
+            assert!(
+                over(ours, &described("Ongoing", (7, 3)), committing),
+                "bumped epoch"
+            );
+            assert!(
+                over(ours, &described("Ongoing", (8, 0)), committing),
+                "another id"
+            );
+            assert!(
+                !over(ours, &described("CompleteCommit", (7, 1)), committing),
+                "older"
+            );
         }
-        for state in [
-            "Ongoing",
-            "PrepareCommit",
-            "PrepareAbort",
-            "PrepareEpochFence",
-        ] {
-            assert!(!over(ours, &described(state, ours)), "{state}");
+        for state in ["Ongoing", "PrepareAbort", "PrepareEpochFence"] {
+            assert!(!over(ours, &described(state, ours), false), "{state}");
+            assert!(
+                over(ours, &described(state, ours), true),
+                "{state} after our acknowledged commit: a later transaction"
+            );
         }
-        assert!(over(ours, &described("Ongoing", (7, 3))), "a bumped epoch");
-        assert!(
-            over(ours, &described("Ongoing", (8, 0))),
-            "another producer id"
-        );
-        assert!(
-            !over(ours, &described("CompleteCommit", (7, 1))),
-            "an older epoch"
-        );
         let refused = |code| Described {
             error_code: code,
             ..described("", (-1, -1))
         };
-        assert!(over(ours, &refused(TRANSACTIONAL_ID_NOT_FOUND)));
-        assert!(!over(ours, &refused(16)), "NOT_COORDINATOR: ask again");
-        assert!(!over(ours, &refused(14)), "COORDINATOR_LOAD_IN_PROGRESS");
+        assert!(over(ours, &refused(TRANSACTIONAL_ID_NOT_FOUND), false));
+        assert!(
+            !over(ours, &refused(16), true),
+            "NOT_COORDINATOR: ask again"
+        );
+        assert!(
+            !over(ours, &refused(14), true),
+            "COORDINATOR_LOAD_IN_PROGRESS"
+        );
     }
 
     #[test]

@@ -78,6 +78,10 @@ struct Args {
     /// they ask (the drain check fails).
     #[arg(long)]
     ask_lifts_early: bool,
+    /// With --exactly-once: sidecars that lift a transaction's floor when its commit is
+    /// acknowledged, before its markers are written (the drain check fails).
+    #[arg(long)]
+    lift_at_commit_ack: bool,
     /// Worker threads for a range of seeds.
     #[arg(long, default_value_t = 2)]
     jobs: usize,
@@ -101,6 +105,7 @@ fn main() -> ExitCode {
         no_rest_floor: args.no_rest_floor,
         foreign_commits: args.foreign_commits || args.ask_lifts_early,
         ask_lifts_early: args.ask_lifts_early,
+        lift_at_commit_ack: args.lift_at_commit_ack,
         ..SimConfig::default()
     };
     if let Some(seed) = args.seed {
