@@ -406,6 +406,15 @@ fn signal(p: &mut Proc, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Clears its flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
 /// Blue's job where it runs: its own mini-cluster JVM, or a standalone cluster.
 enum BlueJob {
     Mini(Proc),
@@ -472,6 +481,8 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
     // Exactly-once: a read_committed consumer watches the topic live, noting when each record
     // became readable (the output pause the cutover adds).
     let watching = Arc::new(AtomicBool::new(true));
+    // Cleared however this returns: the runtime waits for its blocking tasks at shutdown.
+    let _stop_watching = StopOnDrop(watching.clone());
     let watcher = cfg.exactly_once.then(|| {
         let (bootstrap, watching) = (upstream.clone(), watching.clone());
         tokio::task::spawn_blocking(move || {
@@ -687,10 +698,16 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
             s.last_error,
             s.waiting_for
         );
+        let where_ = || format!("cutover {:?}, waiting for {}", s.phase(), s.waiting_for);
         if replace_taskmanager_at.is_none() {
-            blue_job.process().check_alive().context("blue Flink")?;
+            blue_job
+                .process()
+                .check_alive()
+                .with_context(|| format!("blue Flink ({})", where_()))?;
         }
-        green_job.check_alive().context("green Flink")?;
+        green_job
+            .check_alive()
+            .with_context(|| format!("green Flink ({})", where_()))?;
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let blue_state_at_cancel = flink::job_state(blue_rest, &blue_id)

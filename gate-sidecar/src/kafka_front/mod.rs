@@ -84,6 +84,8 @@ const ASK_INTERVAL: Duration = Duration::from_millis(500);
 const ASK_AFTER_MS: u64 = 1_000;
 /// How soon an acknowledged commit is asked about again while its markers are being written.
 const ASK_AGAIN: Duration = Duration::from_millis(100);
+/// An acknowledged commit not confirmed complete this long is warned about, ms.
+const UNCONFIRMED_WARNING_MS: u64 = 5_000;
 /// Transactions asked about per round (the longest open first).
 const ASK_LIMIT: usize = 200;
 
@@ -563,13 +565,33 @@ async fn ask_about_transactions(shared: Arc<Shared>) {
             tracing::info!("Kafka front: the cluster answers questions about transactions again");
         }
         let now = shared.gate.now_ms();
-        let lifted: Vec<transactions::Lifted> = {
+        let (lifted, unconfirmed) = {
             let mut open = unpoisoned(&shared.transactions);
-            questions
+            let lifted: Vec<transactions::Lifted> = questions
                 .iter()
                 .filter_map(|q| open.described(q, answers.get(&q.transactional_id)?, now))
-                .collect()
+                .collect();
+            (lifted, open.unconfirmed(now, UNCONFIRMED_WARNING_MS))
         };
+        for (producer, id) in &unconfirmed {
+            let state =
+                answers
+                    .get(id)
+                    .map_or("(no answer: coordinator not found)".to_owned(), |a| {
+                        format!(
+                            "{} (error {}, epoch {})",
+                            a.state, a.error_code, a.producer.1
+                        )
+                    });
+            tracing::warn!(
+                transactional_id = id.as_str(),
+                producer_id = producer.0,
+                epoch = producer.1,
+                cluster_says = state.as_str(),
+                "Kafka front: a commit acknowledged {UNCONFIRMED_WARNING_MS} ms ago is not yet \
+                 confirmed complete by the cluster; its records hold the drain until it is"
+            );
+        }
         for l in &lifted {
             tracing::debug!(
                 transactional_id = l.transactional_id.as_deref().unwrap_or(""),

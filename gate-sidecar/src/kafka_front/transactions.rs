@@ -73,6 +73,10 @@ struct Open {
     /// The generation whose commit the coordinator acknowledged (`EndTxn` OK): committing,
     /// not yet known complete, while it equals `generation`.
     committing: Option<u64>,
+    /// When that commit was acknowledged.
+    acked_at_ms: u64,
+    /// Whether a warning named it unconfirmed since.
+    warned: bool,
 }
 
 impl Open {
@@ -209,6 +213,8 @@ impl OpenTransactions {
                 generation: 1,
                 ask_from_ms: 0,
                 committing: None,
+                acked_at_ms: 0,
+                warned: false,
             },
         );
         least
@@ -326,10 +332,32 @@ impl OpenTransactions {
             return self.remove(producer, now_ms);
         }
         t.committing = Some(t.generation);
+        t.acked_at_ms = now_ms;
+        t.warned = false;
+        // A producer commits only once every batch of the transaction was acknowledged (a
+        // failed one makes it abort instead), and a batch arriving after the commit's
+        // `PrepareCommit` is refused: nothing of it is in flight any more, answered or not.
+        t.in_flight = 0;
+        t.ask_from_ms = 0;
         if t.transactional_id.is_none() {
             t.transactional_id = Some(transactional_id.to_owned());
         }
         None
+    }
+
+    /// Acknowledged commits the cluster has not confirmed complete for `after_ms` (each named
+    /// once per acknowledgement): worth a warning, they hold the drain.
+    pub fn unconfirmed(&mut self, now_ms: u64, after_ms: u64) -> Vec<(Producer, String)> {
+        self.open
+            .iter_mut()
+            .filter(|(_, t)| {
+                t.is_committing() && !t.warned && now_ms.saturating_sub(t.acked_at_ms) >= after_ms
+            })
+            .map(|(p, t)| {
+                t.warned = true;
+                (*p, t.transactional_id.clone().unwrap_or_default())
+            })
+            .collect()
     }
 
     /// Transactions open longer than their timeout (and a margin) at `now_ms`.
@@ -444,6 +472,8 @@ mod tests {
         t.admitted((7, 0), None, 100, 0);
         t.answered(&[(7, 0)], true, 1);
         assert!(t.to_ask(2, 1_000, 10).is_empty(), "young, not committing");
+        t.admitted((7, 0), None, 90, 1);
+        t.answered(&[(7, 0)], false, 1); // an answer lost: no question for a while ...
         assert_eq!(
             t.commit_acknowledged((7, 0), "job-0-1", 2),
             None,
@@ -451,7 +481,10 @@ mod tests {
         );
         assert!(t.any_committing());
         let asked = t.to_ask(3, 1_000, 10);
-        assert_eq!(asked.len(), 1, "a committing one is asked at once");
+        assert_eq!(asked.len(), 1, "... but a committed one is asked at once");
+        assert!(t.unconfirmed(1_000, 5_000).is_empty());
+        assert_eq!(t.unconfirmed(5_002, 5_000).len(), 1);
+        assert!(t.unconfirmed(9_000, 5_000).is_empty(), "named once");
         assert_eq!(asked[0].transactional_id, "job-0-1", "named by the EndTxn");
         let prepared = described("PrepareCommit", (7, 0));
         assert_eq!(
