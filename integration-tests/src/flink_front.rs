@@ -345,10 +345,15 @@ fn job(
         live_start,
         rest_port,
     )?;
+    spawn_job(flink, cfg, deployment, &args)
+}
+
+/// A mini-cluster JVM running `deployment`'s job with `args`.
+fn spawn_job(flink: &Flink, cfg: &FrontConfig, deployment: &str, args: &[String]) -> Result<Proc> {
     Proc::spawn(
         &format!("{deployment} Flink"),
         &flink::java_path()?,
-        &flink.java_args(&["-Xmx450m".into()], &cfg.work_dir, JOB_MAIN, &args),
+        &flink.java_args(&["-Xmx450m".into()], &cfg.work_dir, JOB_MAIN, args),
         &cfg.work_dir.join(format!("{deployment}-flink.log")),
     )
 }
@@ -491,29 +496,21 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
     });
 
     let live_start = now_ms();
+    let args = job_args(
+        cfg,
+        BLUE,
+        &blue.bootstrap,
+        cfg.blue_parallelism,
+        live_start,
+        blue_rest,
+    )?;
     let (mut blue_job, blue_id) = match standalone {
         None => {
-            let p = job(
-                flink,
-                cfg,
-                BLUE,
-                &blue.bootstrap,
-                cfg.blue_parallelism,
-                live_start,
-                blue_rest,
-            )?;
+            let p = spawn_job(flink, cfg, BLUE, &args)?;
             let id = flink::wait_for_job(blue_rest, Duration::from_secs(60)).await?;
             (BlueJob::Mini(p), id)
         }
         Some(s) => {
-            let args = job_args(
-                cfg,
-                BLUE,
-                &blue.bootstrap,
-                cfg.blue_parallelism,
-                live_start,
-                blue_rest,
-            )?;
             let (f, d) = (flink.clone(), dir.clone());
             let (s, id) = tokio::task::spawn_blocking(move || {
                 let id = s.submit(&f, &d, JOB_MAIN, &args);

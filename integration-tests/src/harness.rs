@@ -34,6 +34,38 @@ pub struct Barrier {
     pub prepare_timeout: Duration,
 }
 
+impl Barrier {
+    /// Fast settings for tests of one part (a 500 ms margin, no drain lateness, 2 s of lag
+    /// allowed, 3 s for votes).
+    pub fn quick() -> Self {
+        Self {
+            margin_ms: 500,
+            drain_lateness_ms: 0,
+            max_lag_ms: 2_000,
+            prepare_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Waits (10 s at most) until `deployment` is `pipeline`'s active deployment.
+pub async fn wait_until_active(port: u16, pipeline: &str, deployment: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pipeline_status(port, pipeline)
+        .await
+        .map(|s| s.active)
+        .ok()
+        .as_deref()
+        != Some(deployment)
+    {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{deployment} never became active"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 /// A real coordinator on a free loopback port with a state file in `dir`, fast timers, logging
 /// to `dir/coordinator.log`.
 pub struct Coordinator {
@@ -102,8 +134,9 @@ impl Coordinator {
 }
 
 /// A real sidecar for `deployment` of `pipeline`, dialing the coordinator on `port`, with its
-/// socket at `dir/<deployment>.sock` (unless `extra` names another), fast reconnects and progress, `extra` flags last (a later
-/// flag wins). Logs to `dir/<log_name>.log`. Returns the process and the socket path.
+/// socket at `dir/<deployment>.sock` (unless `extra` names another), fast reconnects and
+/// progress, `extra` flags last (a later flag wins). Logs to `dir/<log_name>.log`. Returns the
+/// process and the socket path.
 pub fn start_sidecar(
     dir: &Path,
     port: u16,

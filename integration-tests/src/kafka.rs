@@ -245,20 +245,14 @@ pub fn watch_visible(
     partitions: i32,
     watching: &std::sync::atomic::AtomicBool,
 ) -> Result<Vec<(u64, String)>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "sluice-watcher")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        // Fetches answered at once: the time read is the time the record became readable.
-        .set("fetch.wait.max.ms", "20")
-        .create()
-        .context("consumer")?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
+    // Fetches answered at once: the time read is the time the record became readable.
+    let consumer = reader_with(
+        bootstrap,
+        topic,
+        partitions,
+        "read_committed",
+        &[("fetch.wait.max.ms", "20")],
+    )?;
     let mut seen = Vec::new();
     while watching.load(std::sync::atomic::Ordering::Relaxed) {
         // The broker may be down for a while (a fault): errors are retried, not fatal.
@@ -276,13 +270,28 @@ pub fn watch_visible(
 }
 
 fn reader(bootstrap: &str, topic: &str, partitions: i32, isolation: &str) -> Result<BaseConsumer> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    reader_with(bootstrap, topic, partitions, isolation, &[])
+}
+
+/// A consumer of every partition of `topic` from the beginning at `isolation`, with `more`
+/// librdkafka settings.
+fn reader_with(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    isolation: &str,
+    more: &[(&str, &str)],
+) -> Result<BaseConsumer> {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "sluice-reader")
         .set("enable.auto.commit", "false")
-        .set("isolation.level", isolation)
-        .create()
-        .context("consumer")?;
+        .set("isolation.level", isolation);
+    for (k, v) in more {
+        config.set(*k, *v);
+    }
+    let consumer: BaseConsumer = config.create().context("consumer")?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;

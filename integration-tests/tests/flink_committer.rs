@@ -110,15 +110,7 @@ async fn foreign_commit(dir: &Path) -> Result<()> {
     std::fs::write(dir.join("log4j2.properties"), flink::LOG4J)?;
     let broker = ApacheKafka::start(dir, false)?;
     kafka::create_topic(&broker.bootstrap, TOPIC, PARTITIONS).await?;
-    let coordinator = Coordinator::start(
-        dir,
-        Barrier {
-            margin_ms: 500,
-            drain_lateness_ms: 0,
-            max_lag_ms: 2_000,
-            prepare_timeout: Duration::from_secs(3),
-        },
-    )?;
+    let coordinator = Coordinator::start(dir, Barrier::quick())?;
     let (mut writer_side, writer_bootstrap) =
         front(dir, coordinator.port, "tm-1", &broker.bootstrap)?;
     let (mut committer_side, committer_bootstrap) =

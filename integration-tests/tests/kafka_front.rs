@@ -188,15 +188,7 @@ async fn java_produce(
 async fn run(dir: &std::path::Path, client: Client) -> Result<()> {
     let broker = Broker::start(dir)?;
     kafka::create_topic(&broker.bootstrap, TOPIC, PARTITIONS).await?;
-    let coordinator = Coordinator::start(
-        dir,
-        Barrier {
-            margin_ms: 500,
-            drain_lateness_ms: 0,
-            max_lag_ms: 2_000,
-            prepare_timeout: Duration::from_secs(3),
-        },
-    )?;
+    let coordinator = Coordinator::start(dir, Barrier::quick())?;
     let blue = front(dir, coordinator.port, "orders-v1", &broker.bootstrap)?;
     let green = front(dir, coordinator.port, "orders-v2", &broker.bootstrap)?;
     let (b, g, start) = match client {

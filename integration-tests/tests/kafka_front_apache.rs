@@ -9,14 +9,14 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use sluice_integration_tests::apache_kafka::{ApacheKafka, PASSWORD, USER};
-use sluice_integration_tests::harness::{Barrier, Coordinator, pipeline_status, start_sidecar};
+use sluice_integration_tests::harness::{Barrier, Coordinator, start_sidecar, wait_until_active};
 use sluice_integration_tests::kafka::{self, OrderCheck};
 use sluice_integration_tests::procs::{Proc, free_port, wait_for_tcp};
 
@@ -30,15 +30,7 @@ fn tempdir() -> Result<tempfile::TempDir> {
 }
 
 async fn coordinator(dir: &Path) -> Result<Coordinator> {
-    Coordinator::start(
-        dir,
-        Barrier {
-            margin_ms: 500,
-            drain_lateness_ms: 0,
-            max_lag_ms: 2_000,
-            prepare_timeout: Duration::from_secs(3),
-        },
-    )
+    Coordinator::start(dir, Barrier::quick())
 }
 
 /// A sidecar for blue whose front reaches `upstream` with the librdkafka options in
@@ -71,17 +63,7 @@ async fn front(
         ],
     )?;
     wait_for_tcp(bootstrap.parse()?, Duration::from_secs(10))?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pipeline_status(coordinator, PIPELINE)
-        .await
-        .map(|s| s.active)
-        .ok()
-        .as_deref()
-        != Some("orders-v1")
-    {
-        ensure!(Instant::now() < deadline, "blue never became active");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_active(coordinator, PIPELINE, "orders-v1").await?;
     Ok((proc, bootstrap))
 }
 

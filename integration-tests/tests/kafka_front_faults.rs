@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use kafka_protocol::messages::api_versions_response::ApiVersionsResponse;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
@@ -16,7 +16,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::Compression;
 use sluice_integration_tests::harness::{
-    Barrier, Coordinator, now_ms, pipeline_status, start_sidecar,
+    Barrier, Coordinator, now_ms, start_sidecar, wait_until_active,
 };
 use sluice_integration_tests::kafka::{self, Broker};
 use sluice_integration_tests::kafka_wire::{Wire, batch};
@@ -64,15 +64,7 @@ async fn world() -> Result<World> {
         .tempdir()?;
     let broker = Broker::start(dir.path())?;
     kafka::create_topic(&broker.bootstrap, TOPIC, 1).await?;
-    let coordinator = Coordinator::start(
-        dir.path(),
-        Barrier {
-            margin_ms: 500,
-            drain_lateness_ms: 0,
-            max_lag_ms: 2_000,
-            prepare_timeout: Duration::from_secs(3),
-        },
-    )?;
+    let coordinator = Coordinator::start(dir.path(), Barrier::quick())?;
     let front = start_front(
         dir.path(),
         coordinator.port,
@@ -80,19 +72,7 @@ async fn world() -> Result<World> {
         free_port()?,
     )?;
     // Blue attaches first and is made active: its gate admits everything.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while pipeline_status(coordinator.port, PIPELINE)
-        .await
-        .map(|s| s.active)
-        .ok()
-        .as_deref()
-        != Some("orders-v1")
-    {
-        if std::time::Instant::now() > deadline {
-            bail!("blue never became active");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_active(coordinator.port, PIPELINE, "orders-v1").await?;
     Ok(World {
         broker,
         coordinator,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, ensure};
 use sluice_integration_tests::apache_kafka::ApacheKafka;
 use sluice_integration_tests::client::Channel;
-use sluice_integration_tests::harness::{Barrier, Coordinator, pipeline_status, start_sidecar};
+use sluice_integration_tests::harness::{Barrier, Coordinator, start_sidecar, wait_until_active};
 use sluice_integration_tests::kafka;
 use sluice_proto::v1;
 
@@ -66,15 +66,7 @@ async fn the_kafka_sink_holds_its_acks_through_a_real_broker_outage_and_writes_e
 async fn outage(dir: &Path) -> Result<()> {
     let mut broker = ApacheKafka::start(dir, false)?;
     kafka::create_topic(&broker.bootstrap, TOPIC, PARTITIONS).await?;
-    let coordinator = Coordinator::start(
-        dir,
-        Barrier {
-            margin_ms: 500,
-            drain_lateness_ms: 0,
-            max_lag_ms: 2_000,
-            prepare_timeout: Duration::from_secs(3),
-        },
-    )?;
+    let coordinator = Coordinator::start(dir, Barrier::quick())?;
     let (mut sidecar, socket) = start_sidecar(
         dir,
         coordinator.port,
@@ -88,17 +80,7 @@ async fn outage(dir: &Path) -> Result<()> {
             TOPIC.into(),
         ],
     )?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pipeline_status(coordinator.port, PIPELINE)
-        .await
-        .map(|s| s.active)
-        .ok()
-        .as_deref()
-        != Some(BLUE)
-    {
-        ensure!(Instant::now() < deadline, "blue never became active");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_active(coordinator.port, PIPELINE, BLUE).await?;
     let mut ch = Channel::open(&socket, PIPELINE, BLUE, "0").await?;
     send(&mut ch, 0..5_000).await?;
     let first = ch.flush().await?;
