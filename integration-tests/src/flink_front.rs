@@ -1063,7 +1063,13 @@ pub fn check(cfg: &FrontConfig, r: &FrontReport) -> Result<()> {
         "both deployments should have written: {:?}",
         r.from
     );
-    if let Some((seen, owed)) = r.blue_visible_at_completion {
+    // Not with green's sidecar killed: the transaction green's producer had open stays open
+    // until green's restored job aborts it, and read_committed reads no partition past the
+    // first open transaction of any producer (the last stable offset) — blue's committed
+    // records after it are hidden until then. Reported, not required; the final read is exact.
+    if let Some((seen, owed)) = r.blue_visible_at_completion
+        && cfg.kill_green_sidecar.is_none()
+    {
         ensure!(
             seen == owed,
             "at completion a read_committed consumer saw {seen} of blue's {owed} records below \
