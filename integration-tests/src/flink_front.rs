@@ -473,15 +473,30 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
     let green_rest = free_port()?;
     let (blue_port, green_port) = (free_port()?, free_port()?);
     let upstream = broker.bootstrap().to_owned();
-    let mut blue = sidecar(cfg, coordinator.port, BLUE, &upstream, blue_rest, blue_port)?;
-    let mut green = sidecar(
-        cfg,
-        coordinator.port,
-        GREEN,
-        &upstream,
-        green_rest,
-        green_port,
-    )?;
+    // Each deployment's sidecar, started again on the same ports by the kill faults.
+    let (coordinator_port, upstream_ref) = (coordinator.port, upstream.as_str());
+    let blue_sidecar = || {
+        sidecar(
+            cfg,
+            coordinator_port,
+            BLUE,
+            upstream_ref,
+            blue_rest,
+            blue_port,
+        )
+    };
+    let green_sidecar = || {
+        sidecar(
+            cfg,
+            coordinator_port,
+            GREEN,
+            upstream_ref,
+            green_rest,
+            green_port,
+        )
+    };
+    let mut blue = blue_sidecar()?;
+    let mut green = green_sidecar()?;
 
     // Exactly-once: a read_committed consumer watches the topic live, noting when each record
     // became readable (the output pause the cutover adds).
@@ -525,7 +540,7 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
         blue_in_production(coordinator.port, live_start + at.as_millis() as u64).await?;
         blue.sidecar.kill();
         tokio::time::sleep(down).await;
-        blue = sidecar(cfg, coordinator.port, BLUE, &upstream, blue_rest, blue_port)?;
+        blue = blue_sidecar()?;
     }
     let live = Duration::from_millis(now_ms() - live_start);
     tokio::time::sleep(cfg.green_delay.saturating_sub(live)).await;
@@ -618,14 +633,7 @@ pub async fn run(flink: &Flink, cfg: &FrontConfig) -> Result<FrontReport> {
                 s.phase()
             ));
             tokio::time::sleep(down).await;
-            green = sidecar(
-                cfg,
-                coordinator.port,
-                GREEN,
-                &upstream,
-                green_rest,
-                green_port,
-            )?;
+            green = green_sidecar()?;
         }
         if let (Some((at, down)), AnyBroker::Apache(b)) = (restart_broker, &mut broker)
             && now_ms() >= live_start + at.as_millis() as u64

@@ -445,6 +445,7 @@ async fn transaction(
             ];
             if resp.error_code == 0 || fenced.contains(&resp.error_code) {
                 let producer = (req.producer_id.0, req.producer_epoch);
+                let committed = resp.error_code == 0 && req.committed;
                 let outcome = match (resp.error_code, req.committed) {
                     (0, true) => "committed",
                     (0, false) => "aborted",
@@ -458,12 +459,11 @@ async fn transaction(
                     "Kafka front: transaction ended"
                 );
                 let mut open = unpoisoned(&shared.transactions);
-                let lifted = match outcome {
+                let lifted = if committed {
                     // Decided, not yet visible: lifted once the cluster says it is complete.
-                    "committed" => {
-                        open.commit_acknowledged(producer, req.transactional_id.0.as_str(), now)
-                    }
-                    _ => open.ended(producer, now),
+                    open.commit_acknowledged(producer, req.transactional_id.0.as_str(), now)
+                } else {
+                    open.ended(producer, now)
                 };
                 drop(open);
                 shared.ask_now.notify_one();

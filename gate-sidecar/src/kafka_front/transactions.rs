@@ -12,8 +12,7 @@
 //! - its commit is *complete*: an `EndTxn` committing it answered OK means only that the
 //!   coordinator decided (it answers once `PrepareCommit` is logged and writes the markers
 //!   after), and until the markers are written a `read_committed` consumer does not see the
-//!   records — the drain must not pass them yet (a real run saw 62 records unreadable at
-//!   completion with the broker busy). So after a commit's OK the cluster is asked at once
+//!   records — the drain must not pass them yet. So after a commit's OK the cluster is asked at once
 //!   (below) and the floor lifted when it says the commit is complete; or when a second
 //!   `EndTxn` of the same producer session is answered OK with nothing admitted in between
 //!   (the coordinator begins no transaction of a session before the last one is complete, and
